@@ -1,0 +1,41 @@
+# arp-sensor: `make demo` runs the netns lab demo, `make test` runs the whole suite.
+# Both start with `make install` (idempotent; needs root for apt and /lib/modules).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install system venv demo test test-unit lint bench clean
+
+install: system venv
+
+system:
+	@./scripts/install-system.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "venv: creating $(VENV) from /usr/bin/python3 with system site-packages (for bcc)"; \
+	  /usr/bin/python3 -m venv --system-site-packages $(VENV); }
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(PY) -c 'import bcc, pyroute2, msgpack, click' && echo "venv: $(VENV) ready (bcc, pyroute2, msgpack, click import)"
+	@touch $(STAMP)
+
+demo: install
+	@$(PY) -m sensor demo
+
+test: install
+	@$(PY) -m ruff check sensor tests bench
+	@$(PY) -m pytest tests
+
+test-unit: venv
+	@$(PY) -m pytest tests -m 'not root'
+
+lint: venv
+	@$(PY) -m ruff check sensor tests bench
+
+bench: install
+	@$(PY) -m bench all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

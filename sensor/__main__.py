@@ -1,0 +1,3 @@
+from sensor.cli import main
+
+main()

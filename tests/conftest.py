@@ -1,0 +1,1 @@
+"""Shared fixtures. Feature-specific fixtures live in tests/fixtures_*.py and are listed in pytest_plugins."""
