@@ -1,0 +1,63 @@
+"""ECS-style event dicts (the contract in docs/events.md, validated by sensor/schema/events.schema.json).
+
+Pure functions: they take plain data and return dicts ready for any output.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from sensor.model import TargetWindow
+
+SCHEMA_VERSION = "1"
+
+Event = dict[str, Any]
+
+
+def timestamp(now: float) -> str:
+    """RFC 3339, UTC, millisecond precision: what ECS and most pipelines parse without configuration."""
+    dt = datetime.fromtimestamp(now, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def base_event(dataset: str, kind: str, now: float, hostname: str | None = None) -> Event:
+    return {
+        "@timestamp": timestamp(now),
+        "event": {"kind": kind, "dataset": dataset},
+        "observer": {"hostname": hostname or socket.gethostname()},
+        "arp_sensor": {"schema_version": SCHEMA_VERSION},
+    }
+
+
+def target_event(w: TargetWindow, now: float, hostname: str | None = None,
+                 peer: dict[str, Any] | None = None) -> Event:
+    """`arp_sensor.target`: one noteworthy target in one interval. `peer` is `bgp.peer` when known."""
+    ev = base_event("arp_sensor.target", "metric", now, hostname)
+    side = "ingress" if w.key.direction == "ingress" else "egress"
+    ev["observer"][side] = {"interface": {"name": w.interface}}
+    ev["destination"] = {"ip": w.key.ip}
+    ev["network"] = {"direction": w.key.direction}
+    if w.key.vlan:
+        ev["network"]["vlan"] = {"id": str(w.key.vlan)}  # ECS types vlan.id as keyword
+    ev["arp"] = {
+        "requests": w.requests,
+        "requests_per_sec": round(w.requests_per_sec, 3),
+        "replies": w.replies,
+        "gratuitous": w.gratuitous,
+        "probes": w.probes,
+        "senders": w.senders,
+        "top_senders": [{"ip": ip, "requests": n} for ip, n in w.top_senders],
+        "interval_s": w.interval_s,
+    }
+    if peer:
+        ev["bgp"] = {"peer": peer}
+    return ev
+
+
+def health_event(counters: dict[str, int | float], now: float, hostname: str | None = None) -> Event:
+    """`arp_sensor.health`: datapath counters (deltas for the interval and totals) and sensor internals."""
+    ev = base_event("arp_sensor.health", "metric", now, hostname)
+    ev["arp_sensor"]["health"] = dict(counters)
+    return ev
