@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -14,6 +15,89 @@ from sensor.errors import EXIT_INTERNAL, SensorError
 @click.version_option(__version__, prog_name="arp-sensor")
 def cli() -> None:
     """Count ARP requests per target in the kernel and name the BGP peers behind an ARP storm."""
+
+
+def _emit_stdout(event: dict) -> None:
+    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _log(msg: str) -> None:
+    click.echo(f"arp-sensor: {msg}", err=True)
+
+
+@cli.command()
+@click.option("-i", "--interface", "interfaces", multiple=True, required=True, metavar="IFACE",
+              help="Interface to watch (repeatable).")
+@click.option("--attach", type=click.Choice(["xdp", "tc", "both"]), default="both", show_default=True,
+              help="xdp: XDP ingress only; tc: tc ingress + egress; both: XDP ingress + tc egress.")
+@click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default="auto", show_default=True,
+              help="auto tries native (driver) XDP and falls back to generic.")
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0, show_default=True,
+              help="Seconds between map reads; one set of events per interval.")
+@click.option("--duration", type=click.FloatRange(0.1, None), default=None,
+              help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
+@click.option("--top", type=click.IntRange(0, None), default=20, show_default=True,
+              help="At most N target events per interval (0: no limit).")
+@click.option("--min-requests", type=click.IntRange(0, None), default=1, show_default=True,
+              help="Only targets with at least N requests in the interval (0: any ARP activity).")
+@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
+              help="Written once every program is attached: start traffic after it appears.")
+@click.option("--max-targets", type=click.IntRange(64, 1 << 20), default=8192, show_default=True,
+              help="Size of the in-kernel per-target LRU map.")
+@click.option("--max-pairs", type=click.IntRange(64, 1 << 20), default=16384, show_default=True,
+              help="Size of the in-kernel (sender, target) LRU map.")
+@click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
+def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,
+        top: int, min_requests: int, ready_file: str | None, max_targets: int, max_pairs: int,
+        hostname: str | None) -> None:
+    """Count ARP per target in the kernel and stream JSON events.
+
+    \b
+    Examples:
+      arp-sensor run -i eth0
+      arp-sensor run -i eth0 -i bond0 --attach tc --interval 5 --top 50
+      arp-sensor run -i eth0 --duration 60 --min-requests 1 --ready-file /run/arp-sensor.ready
+
+    Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 environment (privileges, kernel
+    headers, bcc), 4 conflict (a foreign XDP program or tc filter, another arp-sensor).
+    """
+    from sensor.runner import Runner, RunOptions, check_options
+
+    opts = RunOptions(interfaces=list(interfaces), attach=attach, xdp_mode=xdp_mode, interval=interval,
+                      duration=duration, top=top, min_requests=min_requests, ready_file=ready_file,
+                      max_targets=max_targets, max_pairs=max_pairs)
+    if hostname:
+        opts.hostname = hostname
+    check_options(opts)
+    runner = Runner(opts, _emit_stdout, _log)
+    runner.install_signal_handlers()
+    code = 0
+    try:
+        runner.start()
+        code = runner.run()
+    finally:
+        for problem in runner.close():
+            _log(problem)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("-i", "--interface", "interfaces", multiple=True, required=True, metavar="IFACE",
+              help="Interface to clean up (repeatable).")
+def detach(interfaces: tuple[str, ...]) -> None:
+    """Remove what a crashed arp-sensor left attached (only arp-sensor's own programs and filters).
+
+    \b
+    Example:
+      arp-sensor detach -i eth0
+    """
+    from sensor.datapath import detach_stale
+
+    for ifname in interfaces:
+        done = detach_stale(ifname)
+        for line in done or [f"{ifname}: nothing of arp-sensor's attached"]:
+            click.echo(line)
 
 
 def main() -> None:

@@ -61,3 +61,13 @@ def health_event(counters: dict[str, int | float], now: float, hostname: str | N
     ev = base_event("arp_sensor.health", "metric", now, hostname)
     ev["arp_sensor"]["health"] = dict(counters)
     return ev
+
+
+def warning_event(action: str, message: str, now: float, hostname: str | None = None) -> Event:
+    """`arp_sensor.health` with `event.kind: event`: something an operator should know about the sensor
+    itself (a peer source down, an interface gone). One per transition, not one per interval."""
+    ev = base_event("arp_sensor.health", "event", now, hostname)
+    ev["event"]["action"] = action
+    ev["log"] = {"level": "warning"}
+    ev["message"] = message
+    return ev

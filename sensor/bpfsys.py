@@ -1,0 +1,176 @@
+"""The few bpf(2) commands user space needs, through ctypes: no bcc, so the map reader, the attach
+checks and the BPF_PROG_TEST_RUN harness work on any file descriptor, whoever loaded the program."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from functools import cache
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfError(OSError):
+    pass
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> int:
+    nr = _NR_BPF.get(os.uname().machine)
+    if nr is None:
+        raise BpfError(errno.ENOSYS, f"bpf(2) syscall number unknown on {os.uname().machine}")
+    ret = _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, os.strerror(err))
+    return ret
+
+
+def _attr(size: int = 128) -> ctypes.Array:
+    return (ctypes.c_ubyte * size)()
+
+
+def _put(attr: ctypes.Array, offset: int, ctype: type, value: int) -> None:
+    ctype.from_buffer(attr, offset).value = value
+
+
+def _get(attr: ctypes.Array, offset: int, ctype: type) -> int:
+    return ctype.from_buffer(attr, offset).value
+
+
+@cache
+def possible_cpus() -> int:
+    """Per-CPU map values have one slot per *possible* CPU, not per online one."""
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return n
+
+
+@dataclass
+class TestRunResult:
+    retval: int
+    duration_ns: int  # average per repetition, as the kernel reports it
+    data_out: bytes
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int | None = None) -> TestRunResult:
+    """BPF_PROG_TEST_RUN: run a loaded XDP or tc program on a crafted frame in the real kernel."""
+    attr = _attr()
+    buf_in = ctypes.create_string_buffer(data, len(data))
+    out_len = out_size if out_size is not None else len(data) + 256
+    buf_out = ctypes.create_string_buffer(out_len)
+    _put(attr, 0, ctypes.c_uint32, prog_fd)
+    _put(attr, 8, ctypes.c_uint32, len(data))
+    _put(attr, 12, ctypes.c_uint32, out_len)
+    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(buf_in))
+    _put(attr, 24, ctypes.c_uint64, ctypes.addressof(buf_out))
+    _put(attr, 32, ctypes.c_uint32, repeat)
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    size_out = min(_get(attr, 12, ctypes.c_uint32), out_len)
+    return TestRunResult(_get(attr, 4, ctypes.c_uint32), _get(attr, 36, ctypes.c_uint32), buf_out.raw[:size_out])
+
+
+def prog_name_by_id(prog_id: int) -> str | None:
+    """Name of a loaded program (as the kernel truncated it, 15 chars), or None if it is gone."""
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, prog_id)
+    try:
+        fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr)
+    except BpfError:
+        return None
+    try:
+        info = _attr(256)
+        attr = _attr()
+        _put(attr, 0, ctypes.c_uint32, fd)
+        _put(attr, 4, ctypes.c_uint32, ctypes.sizeof(info))
+        _put(attr, 8, ctypes.c_uint64, ctypes.addressof(info))
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+        # struct bpf_prog_info: char name[16] at offset 64.
+        return bytes(info[64:80]).split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def prog_id_by_fd(prog_fd: int) -> int:
+    info = _attr(256)
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, prog_fd)
+    _put(attr, 4, ctypes.c_uint32, ctypes.sizeof(info))
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return int.from_bytes(bytes(info[4:8]), "little")
+
+
+def percpu_value_size(value_size: int) -> int:
+    return (value_size + 7) // 8 * 8
+
+
+def map_lookup_percpu(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """One per-CPU map element: possible_cpus() slots of value_size rounded up to 8 bytes."""
+    attr = _attr()
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(percpu_value_size(value_size) * possible_cpus())
+    _put(attr, 0, ctypes.c_uint32, map_fd)
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
+    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return vbuf.raw
+
+
+def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: int,
+                     percpu: bool = False) -> tuple[bytes, bytes, int]:
+    """BPF_MAP_LOOKUP_BATCH over a whole hash map (kernel >= 5.6).
+
+    Returns (keys, values, count): raw buffers with `count` packed keys and values (per-CPU values are
+    possible_cpus() slots each). The buffers hold max_entries, so a full map is read in one pass
+    unless concurrent inserts move entries between buckets; those are read in the following calls.
+    """
+    vsize = percpu_value_size(value_size) * possible_cpus() if percpu else value_size
+    keys = ctypes.create_string_buffer(key_size * max_entries)
+    values = ctypes.create_string_buffer(vsize * max_entries)
+    token = ctypes.c_uint32(0)
+    total = 0
+    first = True
+    while total < max_entries:
+        attr = _attr()
+        _put(attr, 0, ctypes.c_uint64, 0 if first else ctypes.addressof(token))
+        _put(attr, 8, ctypes.c_uint64, ctypes.addressof(token))
+        _put(attr, 16, ctypes.c_uint64, ctypes.addressof(keys) + key_size * total)
+        _put(attr, 24, ctypes.c_uint64, ctypes.addressof(values) + vsize * total)
+        _put(attr, 32, ctypes.c_uint32, max_entries - total)
+        _put(attr, 36, ctypes.c_uint32, map_fd)
+        first = False
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        except BpfError as e:
+            total += _get(attr, 32, ctypes.c_uint32)
+            if e.errno == errno.ENOENT:  # the end of the map: the normal way out
+                break
+            raise
+        got = _get(attr, 32, ctypes.c_uint32)
+        total += got
+        if got == 0:
+            break
+    return keys.raw[: key_size * total], values.raw[: vsize * total], total

@@ -1,0 +1,49 @@
+"""User-space mirror of bpf/arp_sensor.h: struct formats, and the health counter names read from the
+header itself so the two cannot drift apart (tests/test_bpf_prog.py checks the sizes against bcc's)."""
+
+from __future__ import annotations
+
+import re
+import struct
+from functools import cache
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+HEADER = BPF_DIR / "arp_sensor.h"
+PROGRAM = BPF_DIR / "arp_sensor.bpf.c"
+
+DIR_INGRESS, DIR_EGRESS = 0, 1
+DIRECTIONS = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
+
+# struct target_key {u32 ifindex; be32 ip; u16 vlan; u8 dir; u8 pad;}
+TARGET_KEY = struct.Struct("<I4sHBx")
+# struct target_val {u64 requests, replies, gratuitous, probes, first_seen_ns;}
+TARGET_VAL = struct.Struct("<5Q")
+# struct pair_key {u32 ifindex; be32 sender; be32 target; u16 vlan; u8 dir; u8 pad;}
+PAIR_KEY = struct.Struct("<I4s4sHBx")
+# struct pair_val {u64 requests, first_seen_ns;}
+PAIR_VAL = struct.Struct("<2Q")
+HEALTH_VAL = struct.Struct("<Q")
+
+PROG_XDP = "arpsensor_xdp"
+PROG_TC_IN = "arpsensor_tc_in"
+PROG_TC_EG = "arpsensor_tc_eg"
+
+
+@cache
+def health_names() -> list[str]:
+    """`enum health_counter` from the shared header, in order, lower-cased without the H_ prefix."""
+    text = HEADER.read_text()
+    body = re.search(r"enum\s+health_counter\s*\{(.*?)\};", text, re.S)
+    if not body:
+        raise RuntimeError(f"{HEADER}: enum health_counter not found")
+    names = re.findall(r"^\s*H_([A-Z0-9_]+)\s*(?:=\s*0\s*)?,", body.group(1), re.M)
+    return [n.lower() for n in names]
+
+
+@cache
+def header_define(name: str) -> int:
+    m = re.search(rf"#define\s+{name}\s+(\d+)", HEADER.read_text())
+    if not m:
+        raise RuntimeError(f"{HEADER}: #define {name} not found")
+    return int(m.group(1))
