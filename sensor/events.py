@@ -63,11 +63,42 @@ def health_event(counters: dict[str, int | float], now: float, hostname: str | N
     return ev
 
 
-def warning_event(action: str, message: str, now: float, hostname: str | None = None) -> Event:
+def warning_event(action: str, message: str, now: float, hostname: str | None = None,
+                  path: str | None = None) -> Event:
     """`arp_sensor.health` with `event.kind: event`: something an operator should know about the sensor
-    itself (a peer source down, an interface gone). One per transition, not one per interval."""
+    itself (a peer source down, an interface gone). One per transition, not one per interval.
+    `path` (the BIRD socket or input file concerned) goes to ECS `file.path`."""
     ev = base_event("arp_sensor.health", "event", now, hostname)
     ev["event"]["action"] = action
     ev["log"] = {"level": "warning"}
+    ev["message"] = message
+    if path:
+        ev["file"] = {"path": path}
+    return ev
+
+
+def peer_event(action: str, ip: str, message: str, now: float, *, peer: dict[str, Any] | None = None,
+               evidence: dict[str, Any] | None = None, node_name: str | None = None,
+               verdict: str | None = None, reason: str | None = None,
+               hostname: str | None = None) -> Event:
+    """`arp_sensor.peer` alert on a verdict change (`zombie-peer-detected`, `zombie-peer-cleared`, ...).
+
+    `peer` is `bgp.peer` (see sensor.peers.peer_fields), `evidence` the ARP window (`arp.*`: requests,
+    replies, senders, top_senders, window_s), `verdict` the verdict after the change, `reason` why a
+    verdict cleared (ECS `event.reason`).
+    """
+    ev = base_event("arp_sensor.peer", "alert", now, hostname)
+    ev["event"]["action"] = action
+    if reason:
+        ev["event"]["reason"] = reason
+    ev["destination"] = {"ip": ip}
+    if peer:
+        ev["bgp"] = {"peer": peer}
+    if evidence is not None:
+        ev["arp"] = dict(evidence)
+    if node_name:
+        ev["kubernetes"] = {"node": {"name": node_name}}
+    if verdict:
+        ev["arp_sensor"]["verdict"] = verdict
     ev["message"] = message
     return ev

@@ -1,0 +1,124 @@
+"""A throwaway BIRD in a network namespace of its own, for tests and bench/ (needs root).
+
+Everything BIRD sends stays in the namespace: it gets one veth pair whose both ends live inside it
+(`vc` with the router's address, `vd` up without an address), so connects to the configured peers
+broadcast ARP requests that nobody answers, like a mesh of dead nodes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def bird_config(router_ip: str, peers: list[str], passive_every: int = 2, hold: int = 9) -> str:
+    """Calico-like full-mesh config: `Mesh_<ip>` per peer, every `passive_every`-th one `passive on`."""
+    lines = [
+        f"router id {router_ip};",
+        "protocol device { scan time 10; }",
+        "template bgp bgp_template {",
+        "  local as 64512; connect delay time 1; connect retry time 3; error wait time 1, 5;",
+        f"  hold time {hold}; ipv4 {{ import all; export none; }};",
+        "}",
+    ]
+    for i, ip in enumerate(peers):
+        passive = " passive on;" if passive_every and i % passive_every == 1 else ""
+        lines.append(f"protocol bgp Mesh_{ip.replace('.', '_')} from bgp_template "
+                     f"{{ neighbor {ip} as 64512;{passive} }}")
+    return "\n".join(lines) + "\n"
+
+
+def peer_ips(n: int, net: str = "198.18.4.0/22") -> list[str]:
+    hosts = ipaddress.ip_network(net).hosts()
+    next(hosts)  # .1 is the router
+    return [str(next(hosts)) for _ in range(n)]
+
+
+def _run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+class BirdNetns:
+    """`with BirdNetns(n_peers=2) as b:` → a BIRD on `b.socket`; `b.stop()` / `b.start()` restart it."""
+
+    def __init__(self, n_peers: int = 2, router: str = "198.18.4.1/22") -> None:
+        self.ns = f"abird{secrets.token_hex(3)}"
+        self.dir = Path(tempfile.mkdtemp(prefix="arp-sensor-bird-"))
+        self.socket = str(self.dir / "bird.ctl")
+        self.router = router
+        self.peers = peer_ips(n_peers, str(ipaddress.ip_interface(router).network))
+        self.conf = self.dir / "bird.conf"
+        self.conf.write_text(bird_config(str(ipaddress.ip_interface(router).ip), self.peers))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BirdNetns:
+        try:
+            _run("ip", "netns", "add", self.ns)
+            ns = ("ip", "-n", self.ns)
+            _run(*ns, "link", "set", "lo", "up")
+            _run(*ns, "link", "add", "vc", "type", "veth", "peer", "name", "vd")
+            _run(*ns, "addr", "add", self.router, "dev", "vc")
+            _run(*ns, "link", "set", "vc", "up")
+            _run(*ns, "link", "set", "vd", "up")
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, wait: float = 5.0) -> None:
+        """Start BIRD in the foreground (-f) so we own the process, and wait for its socket."""
+        if self.proc is not None:
+            return
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "bird", "-f", "-c", str(self.conf), "-s", self.socket],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + wait
+        while not self._answers():  # a stale socket file from a killed BIRD may exist: connect
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"bird did not start (exit {self.proc.poll()})")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(0.5)
+            s.connect(self.socket)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+        # SIGKILL leaves the socket file behind, like a crashed BIRD: keep it so tests see that case
+        if os.path.exists(self.socket) and sig != signal.SIGKILL:
+            os.unlink(self.socket)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+            for p in self.dir.iterdir():
+                p.unlink()
+            self.dir.rmdir()
