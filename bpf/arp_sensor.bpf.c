@@ -43,14 +43,13 @@ struct arp_eth_ipv4 {
 
 BPF_TABLE("lru_percpu_hash", struct target_key, struct target_val, targets, ARP_SENSOR_MAX_TARGETS);
 BPF_TABLE("lru_percpu_hash", struct pair_key, struct pair_val, pairs, ARP_SENSOR_MAX_PAIRS);
-BPF_PERCPU_ARRAY(health, __u64, HEALTH_MAX);
+BPF_PERCPU_ARRAY(health, struct health_counters, 1);
 
-static __always_inline void health_inc(__u32 idx)
+static __always_inline struct health_counters *health_get(void)
 {
-	__u64 *v = health.lookup(&idx);
+	__u32 zero = 0;
 
-	if (v)
-		*v += 1;
+	return health.lookup(&zero);
 }
 
 static __always_inline int proto_is_vlan(__u16 h_proto)
@@ -60,7 +59,7 @@ static __always_inline int proto_is_vlan(__u16 h_proto)
 
 /* Returns the per-CPU value for key, creating it (zeroed, stamped) when missing; NULL if the map
  * refused the insert (counted). */
-static __always_inline struct target_val *target_get(struct target_key *key)
+static __always_inline struct target_val *target_get(struct target_key *key, struct health_counters *h)
 {
 	struct target_val *v = targets.lookup(key);
 
@@ -69,15 +68,15 @@ static __always_inline struct target_val *target_get(struct target_key *key)
 	struct target_val init = {};
 	init.first_seen_ns = bpf_ktime_get_ns();
 	if (targets.update(key, &init) == 0)
-		health_inc(H_TARGET_INSERTS);
+		h->target_inserts += 1;
 	/* -EEXIST: another CPU created it between our lookup and update; use theirs. */
 	v = targets.lookup(key);
 	if (!v)
-		health_inc(H_TARGET_INSERT_FAIL);
+		h->target_insert_fail += 1;
 	return v;
 }
 
-static __always_inline void pair_count(struct pair_key *key)
+static __always_inline void pair_count(struct pair_key *key, struct health_counters *h)
 {
 	struct pair_val *v = pairs.lookup(key);
 
@@ -85,10 +84,10 @@ static __always_inline void pair_count(struct pair_key *key)
 		struct pair_val init = {};
 		init.first_seen_ns = bpf_ktime_get_ns();
 		if (pairs.update(key, &init) == 0)
-			health_inc(H_PAIR_INSERTS);
+			h->pair_inserts += 1;
 		v = pairs.lookup(key);
 		if (!v) {
-			health_inc(H_PAIR_INSERT_FAIL);
+			h->pair_insert_fail += 1;
 			return;
 		}
 	}
@@ -108,7 +107,10 @@ static __always_inline __u16 parse_vlans(struct hdr_cursor *nh, void *data_end, 
 		struct vlan_hdr_s *vh = nh->pos;
 
 		if ((void *)(vh + 1) > data_end) {
-			health_inc(H_RUNT);
+			struct health_counters *h = health_get();
+
+			if (h)
+				h->runt += 1;
 			return 0;
 		}
 		if (!have_vlan) {
@@ -119,7 +121,10 @@ static __always_inline __u16 parse_vlans(struct hdr_cursor *nh, void *data_end, 
 		nh->pos = vh + 1;
 	}
 	if (proto_is_vlan(h_proto)) {
-		health_inc(H_VLAN_TOO_DEEP);
+		struct health_counters *h = health_get();
+
+		if (h)
+			h->vlan_too_deep += 1;
 		return 0;
 	}
 	return h_proto;
@@ -129,12 +134,15 @@ static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __
 				       __u16 vlan)
 {
 	struct arp_eth_ipv4 *arp = nh->pos;
+	struct health_counters *h = health_get();
 
-	health_inc(H_ARP);
+	if (!h) /* cannot happen for an array map; the verifier wants the check */
+		return;
+	h->arp += 1;
 	/* Padding after the 28 bytes (60-byte minimum frames) is normal; less than 28 is not. */
 	if ((void *)(arp + 1) > data_end || arp->hrd != ARPHRD_ETHER_BE || arp->pro != ETH_P_IP_BE ||
 	    arp->hln != 6 || arp->pln != 4) {
-		health_inc(H_MALFORMED);
+		h->malformed += 1;
 		return;
 	}
 
@@ -145,7 +153,7 @@ static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __
 	__builtin_memcpy(&tpa, arp->tpa, 4);
 
 	if (op != ARPOP_REQUEST && op != ARPOP_REPLY) {
-		health_inc(H_OTHER_OP);
+		h->other_op += 1;
 		return;
 	}
 
@@ -159,25 +167,25 @@ static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __
 	/* Order matters and is the documented classification (docs/architecture.md):
 	 * probe (request from 0.0.0.0), gratuitous (sender == target), request, reply. */
 	if (op == ARPOP_REQUEST && spa == 0) {
-		health_inc(H_PROBE);
+		h->probe += 1;
 		tk.ip = tpa;
-		tv = target_get(&tk);
+		tv = target_get(&tk, h);
 		if (tv)
 			tv->probes += 1;
 		return;
 	}
 	if (spa == tpa) {
-		health_inc(H_GRATUITOUS);
+		h->gratuitous += 1;
 		tk.ip = spa;
-		tv = target_get(&tk);
+		tv = target_get(&tk, h);
 		if (tv)
 			tv->gratuitous += 1;
 		return;
 	}
 	if (op == ARPOP_REQUEST) {
-		health_inc(H_REQUEST);
+		h->request += 1;
 		tk.ip = tpa;
-		tv = target_get(&tk);
+		tv = target_get(&tk, h);
 		if (tv)
 			tv->requests += 1;
 
@@ -188,12 +196,12 @@ static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __
 		pk.target = tpa;
 		pk.vlan = vlan;
 		pk.dir = dir;
-		pair_count(&pk);
+		pair_count(&pk, h);
 		return;
 	}
-	health_inc(H_REPLY);
+	h->reply += 1;
 	tk.ip = spa;
-	tv = target_get(&tk);
+	tv = target_get(&tk, h);
 	if (tv)
 		tv->replies += 1;
 }
@@ -204,15 +212,12 @@ static __always_inline void handle_frame(void *data, void *data_end, __u32 ifind
 	struct hdr_cursor nh = { .pos = data };
 	struct ethhdr *eth = nh.pos;
 
-	health_inc(H_FRAMES);
-	if ((void *)(eth + 1) > data_end) {
-		health_inc(H_RUNT);
+	if ((void *)(eth + 1) > data_end) /* the kernel delivers no frame this short; stay safe anyway */
 		return;
-	}
 	nh.pos = eth + 1;
 	__u16 h_proto = eth->h_proto;
 
-	/* The fast path: every non-ARP, untagged frame leaves here after one compare pair. */
+	/* The fast path: every non-ARP, untagged frame leaves here after two compares, touching no map. */
 	if (h_proto != bpf_htons(ETH_P_ARP)) {
 		if (!proto_is_vlan(h_proto))
 			return;

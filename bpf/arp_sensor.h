@@ -52,24 +52,24 @@ struct pair_val {
 	__u64 first_seen_ns;
 };
 
-/* Global health counters, one slot each in a per-CPU array. User space reads the names from this enum,
- * so add new counters before HEALTH_MAX and keep the H_ prefix and one enumerator per line. */
-enum health_counter {
-	H_FRAMES = 0,         /* frames our programs saw (XDP: every frame; tc: what its filters pass) */
-	H_ARP,                /* frames with ethertype ARP (after at most two VLAN tags) */
-	H_REQUEST,
-	H_REPLY,
-	H_GRATUITOUS,
-	H_PROBE,
-	H_OTHER_OP,           /* valid header, operation neither request nor reply (RARP, InARP...) */
-	H_MALFORMED,          /* ethertype ARP but truncated or not Ethernet/IPv4 (hrd 1, pro 0x0800, 6, 4) */
-	H_RUNT,               /* shorter than an Ethernet header, or cut inside a VLAN tag */
-	H_VLAN_TOO_DEEP,      /* a third VLAN tag: not parsed further */
-	H_TARGET_INSERTS,     /* new entries in the targets map (minus live entries = evictions) */
-	H_TARGET_INSERT_FAIL, /* map update failed: the frame was classified but not counted per target */
-	H_PAIR_INSERTS,
-	H_PAIR_INSERT_FAIL,
-	HEALTH_MAX,
+/* Global health counters: one per-CPU struct, so the ARP path does one array lookup however many
+ * counters it bumps, and non-ARP frames touch no map at all (frames seen come from the interface's own
+ * statistics in user space). sensor/layout.py reads the member names from here: keep one __u64 per
+ * line. */
+struct health_counters {
+	__u64 arp;                /* frames with ethertype ARP (after at most two VLAN tags) */
+	__u64 request;
+	__u64 reply;
+	__u64 gratuitous;
+	__u64 probe;
+	__u64 other_op;           /* valid header, operation neither request nor reply (RARP, InARP...) */
+	__u64 malformed;          /* ethertype ARP but truncated or not Ethernet/IPv4 (hrd 1, pro 0x0800, 6, 4) */
+	__u64 runt;               /* cut inside a VLAN tag */
+	__u64 vlan_too_deep;      /* a third VLAN tag: not parsed further */
+	__u64 target_inserts;     /* new entries in the targets map (minus live entries = evictions) */
+	__u64 target_insert_fail; /* map update failed: classified and counted here, not per target */
+	__u64 pair_inserts;
+	__u64 pair_insert_fail;
 };
 
 #endif /* ARP_SENSOR_H */

@@ -106,8 +106,13 @@ def main() -> None:
         cli(standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:
+        # One line, not click's usage block: these land in journald and CI logs.
+        where = e.ctx.command_path if e.ctx else "arp-sensor"
+        click.echo(f"{where}: error: {e.format_message()} (see --help)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"arp-sensor: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("arp-sensor: aborted", err=True)

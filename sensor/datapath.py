@@ -126,7 +126,7 @@ class Datapath:
     # -- maps --------------------------------------------------------------------------------------
     @property
     def map_fds(self) -> tuple[int, int, int]:
-        return (self.bpf["targets"].map_fd, self.bpf["pairs"].map_fd, self.bpf["health"].map_fd)
+        return (self.bpf[b"targets"].map_fd, self.bpf[b"pairs"].map_fd, self.bpf[b"health"].map_fd)
 
     # -- attach ------------------------------------------------------------------------------------
     def attach(self, ifname: str, attach: str = "both", xdp_mode: str = "auto") -> Attachment:
@@ -281,9 +281,9 @@ def tc_filters(ipr, ifindex: int, parent: int) -> list[dict]:
     out = []
     for m in msgs:
         kind = m.get_attr("TCA_KIND")
-        if not kind:
-            continue  # the per-chain header entries
         opts = m.get_attr("TCA_OPTIONS")
+        if not kind or opts is None:
+            continue  # the per-priority header entries carry no options
         name = (opts.get_attr("TCA_BPF_NAME") if opts is not None and kind == "bpf" else None) or ""
         info = m["info"]
         out.append({"kind": kind, "name": name, "prio": info >> 16, "proto": socket.ntohs(info & 0xFFFF),

@@ -23,7 +23,6 @@ TARGET_VAL = struct.Struct("<5Q")
 PAIR_KEY = struct.Struct("<I4s4sHBx")
 # struct pair_val {u64 requests, first_seen_ns;}
 PAIR_VAL = struct.Struct("<2Q")
-HEALTH_VAL = struct.Struct("<Q")
 
 PROG_XDP = "arpsensor_xdp"
 PROG_TC_IN = "arpsensor_tc_in"
@@ -32,13 +31,17 @@ PROG_TC_EG = "arpsensor_tc_eg"
 
 @cache
 def health_names() -> list[str]:
-    """`enum health_counter` from the shared header, in order, lower-cased without the H_ prefix."""
+    """Members of `struct health_counters` in the shared header, in order."""
     text = HEADER.read_text()
-    body = re.search(r"enum\s+health_counter\s*\{(.*?)\};", text, re.S)
+    body = re.search(r"struct\s+health_counters\s*\{(.*?)\};", text, re.S)
     if not body:
-        raise RuntimeError(f"{HEADER}: enum health_counter not found")
-    names = re.findall(r"^\s*H_([A-Z0-9_]+)\s*(?:=\s*0\s*)?,", body.group(1), re.M)
-    return [n.lower() for n in names]
+        raise RuntimeError(f"{HEADER}: struct health_counters not found")
+    return re.findall(r"^\s*__u64\s+(\w+)\s*;", body.group(1), re.M)
+
+
+@cache
+def health_struct() -> struct.Struct:
+    return struct.Struct("<" + "Q" * len(health_names()))
 
 
 @cache

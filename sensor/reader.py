@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from sensor import bpfsys
-from sensor.layout import HEALTH_VAL, PAIR_KEY, PAIR_VAL, TARGET_KEY, TARGET_VAL, health_names
+from sensor.layout import PAIR_KEY, PAIR_VAL, TARGET_KEY, TARGET_VAL, health_names, health_struct
 
 # (ifindex, ip, vlan, dir) -> (requests, replies, gratuitous, probes, first_seen_ns)
 TargetMap = dict[tuple[int, str, int, int], tuple[int, int, int, int, int]]
@@ -51,11 +51,14 @@ class MapReader:
         self.names = health_names()
 
     def read_health(self) -> dict[str, int]:
-        out = {}
-        for idx, name in enumerate(self.names):
-            raw = bpfsys.map_lookup_percpu(self.health_fd, idx.to_bytes(4, "little"), HEALTH_VAL.size)
-            out[name] = sum(HEALTH_VAL.unpack_from(raw, c * 8)[0] for c in range(self.ncpu)) if raw else 0
-        return out
+        fmt = health_struct()
+        raw = bpfsys.map_lookup_percpu(self.health_fd, (0).to_bytes(4, "little"), fmt.size)
+        totals = [0] * len(self.names)
+        slot = bpfsys.percpu_value_size(fmt.size)
+        for c in range(self.ncpu if raw else 0):
+            for i, v in enumerate(fmt.unpack_from(raw, c * slot)):
+                totals[i] += v
+        return dict(zip(self.names, totals, strict=True))
 
     def read_targets(self) -> TargetMap:
         keys, vals, n = bpfsys.map_lookup_batch(self.targets_fd, TARGET_KEY.size, TARGET_VAL.size,

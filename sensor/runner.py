@@ -62,6 +62,7 @@ class Runner:
         self.reader = MapReader(*fds, self.opts.max_targets, self.opts.max_pairs)
         self.aggregator = Aggregator(self.ifnames)
         self.aggregator.update(self.reader.snapshot())  # baseline: maps are new, so all zero
+        self.if_stats = self._read_if_stats()
         if self.opts.ready_file:
             with open(self.opts.ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -119,9 +120,26 @@ class Runner:
         self.emit(events.health_event(self.health_fields(iv, poll_ms), now, self.opts.hostname))
         return iv
 
+    def _read_if_stats(self) -> dict[int, tuple[int, int]]:
+        """(rx, tx) packets per watched interface: the kernel program counts only ARP, so frames seen
+        come from the interface's own counters (free, and exact)."""
+        out = {}
+        for ifindex, name in self.ifnames.items():
+            try:
+                base = f"/sys/class/net/{name}/statistics/"
+                with open(base + "rx_packets") as rx, open(base + "tx_packets") as tx:
+                    out[ifindex] = (int(rx.read()), int(tx.read()))
+            except (OSError, ValueError):
+                continue
+        return out
+
     def health_fields(self, iv: Interval, poll_ms: float) -> dict:
         h: dict = {"interval_s": round(iv.interval_s, 3), "poll_duration_ms": round(poll_ms, 3),
                    "interfaces": len(self.ifnames)}
+        stats = self._read_if_stats()
+        h["frames_rx"] = sum(v[0] - self.if_stats.get(k, v)[0] for k, v in stats.items())
+        h["frames_tx"] = sum(v[1] - self.if_stats.get(k, v)[1] for k, v in stats.items())
+        self.if_stats = stats
         h.update(iv.health)
         h.update({
             "targets_live": iv.live_targets, "targets_max": self.opts.max_targets,
@@ -152,3 +170,7 @@ def check_options(opts: RunOptions) -> None:
         raise SensorError("at least one -i/--interface is required")
     if len(set(opts.interfaces)) != len(opts.interfaces):
         raise SensorError("each -i/--interface may be given once")
+    from sensor.datapath import ifindex_of  # fails fast, before the seconds a compile takes
+
+    for ifname in opts.interfaces:
+        ifindex_of(ifname)

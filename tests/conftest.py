@@ -1,1 +1,3 @@
 """Shared fixtures. Feature-specific fixtures live in tests/fixtures_*.py and are listed in pytest_plugins."""
+
+pytest_plugins = ["tests.fixtures_netns"]
