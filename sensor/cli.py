@@ -9,6 +9,7 @@ import click
 
 from sensor import __version__
 from sensor.errors import EXIT_INTERNAL, SensorError
+from sensor.peers.stage import PeerStage, peer_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,9 +49,10 @@ def _log(msg: str) -> None:
 @click.option("--max-pairs", type=click.IntRange(64, 1 << 20), default=16384, show_default=True,
               help="Size of the in-kernel (sender, target) LRU map.")
 @click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
+@peer_options
 def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,
         top: int, min_requests: int, ready_file: str | None, max_targets: int, max_pairs: int,
-        hostname: str | None) -> None:
+        hostname: str | None, **peer_opts) -> None:
     """Count ARP per target in the kernel and stream JSON events.
 
     \b
@@ -71,6 +73,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
         opts.hostname = hostname
     check_options(opts)
     runner = Runner(opts, _emit_stdout, _log)
+    PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname).install(runner)
     runner.install_signal_handlers()
     code = 0
     try:

@@ -258,20 +258,21 @@ class VerdictEngine:
             why = "host stopped answering ARP" if raw == ZOMBIE else f"now {raw}"
             events.append(self._event(st.verdict, "cleared", ip, peer, ev, now, why))
         st.verdict, st.candidate = raw, None
-        events.append(self._event(raw, "detected", ip, peer, ev, now, None))
+        events.append(self._event(raw, "detected", ip, peer, ev, now, None, st))
         return events
 
     def _event(self, verdict: str, change: str, ip: str, peer: Peer | None, ev: Evidence, now: float,
-               reason: str | None) -> Event:
+               reason: str | None, st: _State | None = None) -> Event:
         after = verdict if change == "detected" else HEALTHY
+        alive_ago = now - st.last_alive if st is not None and st.last_alive is not None else 0.0
         return peer_event(
-            f"{verdict}-{change}", ip, self._message(verdict, change, ip, peer, ev, reason), now,
+            f"{verdict}-{change}", ip, self._message(verdict, change, ip, peer, ev, reason, alive_ago), now,
             peer=peer_fields(peer) if peer is not None else None, evidence=ev.fields(self.window_s),
             node_name=peer.node_name if peer else None, verdict=after, reason=reason, hostname=self.hostname,
         )
 
     def _message(self, verdict: str, change: str, ip: str, peer: Peer | None, ev: Evidence,
-                 reason: str | None) -> str:
+                 reason: str | None, alive_ago: float = 0.0) -> str:
         w = f"{self.window_s:g} s"
         who = f"peer {peer.name} ({ip})" if peer is not None and peer.name else f"{ip}"
         node = peer.node_name if peer is not None else None
@@ -295,7 +296,13 @@ class VerdictEngine:
                     f"and nobody answered — {hint}")
         if verdict == DOWN_REACHABLE:
             svc = f"BIRD/calico-node on node {node}" if node else "the BGP daemon on that host"
-            return (f"{who} is down ({state}) but the host is alive ({ev.replies} ARP replies in {w}): "
+            if ev.replies:
+                proof = f"{ev.replies} ARP replies in {w}"
+            elif ev.alive:
+                proof = f"it sent ARP in the last {w}"
+            else:
+                proof = f"it answered ARP {alive_ago:.0f} s ago, after the session went down"
+            return (f"{who} is down ({state}) but the host is alive ({proof}): "
                     f"a BGP problem, not a dead host — check {svc}")
         hint = f" — if node {node} is gone, `kubectl delete node {node}`" if node else ""
         return (f"{who} is not a BGP peer and never answers: {hosts} asked for it {ev.requests} times "

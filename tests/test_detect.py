@@ -117,6 +117,7 @@ def test_reachable_detected_from_sparse_unicast_probes():
     eng, book = VerdictEngine(window_s=W), Book(mesh_peer("Active"))
     evs = run(eng, book, 0, 100, lambda t: [win(DEAD, 1, 1)] if t % 30 == 5 else [])
     assert acts(evs) == ["bgp-down-reachable-detected"]
+    assert "answered ARP 10 s ago" in evs[0][1]["message"]
     assert eng.verdict(DEAD) == DOWN_REACHABLE
 
 

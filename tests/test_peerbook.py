@@ -154,11 +154,11 @@ def test_8003_and_9001_replies(sock, servers):
 # -- static peers file ------------------------------------------------------------------------------------
 def test_static_file_format_and_bad_lines():
     text = "# peers\n198.18.0.7 Mesh_198_18_0_7 worker-7\n\n198.18.0.8 rack-sw # trailing comment\n" \
-           "not-an-ip x\n198.18.0.9\n1.2.3.4 a b c\n2001:db8::1 v6peer\n"
+           "not-an-ip x\n198.18.0.9\n1.2.3.4 a b c\n2001:db8::1 v6peer\n198.18.0.10 - worker-10\n"
     peers, problems = parse_peers(text, "p.txt")
     assert [(p.ip, p.name, p.node_name) for p in peers] == [
         ("198.18.0.7", "Mesh_198_18_0_7", "worker-7"), ("198.18.0.8", "rack-sw", None),
-        ("198.18.0.9", None, None), ("2001:db8::1", "v6peer", None)]
+        ("198.18.0.9", None, None), ("2001:db8::1", "v6peer", None), ("198.18.0.10", None, "worker-10")]
     assert problems == ["p.txt:5: 'not-an-ip' is not an IP address",
                         "p.txt:7: expected 'IP [NAME] [NODE]', got 4 fields"]
 

@@ -7,6 +7,7 @@ Format, one peer per line:
     198.18.0.7  Mesh_198_18_0_7  worker-7
     198.18.0.8  rack2-sw
     198.18.0.9
+    198.18.0.10 -  worker-10      # "-": no name, only the node
 
 IP is an IPv4 or IPv6 address; NAME a peer name without spaces (shown as `bgp.peer.name` when BIRD does not
 know the IP); NODE the Kubernetes node name (`kubernetes.node.name`, and the `kubectl delete node` hint).
@@ -43,7 +44,7 @@ def parse_peers(text: str, source: str = "peers file") -> tuple[list[StaticPeer]
         except ValueError:
             problems.append(f"{source}:{n}: {fields[0][:60]!r} is not an IP address")
             continue
-        name = fields[1] if len(fields) > 1 else None
-        node = fields[2] if len(fields) > 2 else None
+        name = fields[1] if len(fields) > 1 and fields[1] != "-" else None
+        node = fields[2] if len(fields) > 2 and fields[2] != "-" else None
         peers.append(StaticPeer(ip, name, node))
     return peers, problems
