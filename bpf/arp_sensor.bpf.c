@@ -41,8 +41,7 @@ struct arp_eth_ipv4 {
 	__u8 tpa[4];
 };
 
-BPF_TABLE("lru_percpu_hash", struct target_key, struct target_val, targets, ARP_SENSOR_MAX_TARGETS);
-BPF_TABLE("lru_percpu_hash", struct pair_key, struct pair_val, pairs, ARP_SENSOR_MAX_PAIRS);
+BPF_TABLE("lru_percpu_hash", struct arp_key, struct arp_val, arp_counts, ARP_SENSOR_MAX_ENTRIES);
 BPF_PERCPU_ARRAY(health, struct health_counters, 1);
 
 static __always_inline struct health_counters *health_get(void)
@@ -57,41 +56,28 @@ static __always_inline int proto_is_vlan(__u16 h_proto)
 	return h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD);
 }
 
-/* Returns the per-CPU value for key, creating it (zeroed, stamped) when missing; NULL if the map
- * refused the insert (counted). */
-static __always_inline struct target_val *target_get(struct target_key *key, struct health_counters *h)
+/* Adds one to the entry for key, creating it (stamped) when missing. */
+static __always_inline void count(struct arp_key *key, struct health_counters *h)
 {
-	struct target_val *v = targets.lookup(key);
+	struct arp_val *v = arp_counts.lookup(key);
 
-	if (v)
-		return v;
-	struct target_val init = {};
-	init.first_seen_ns = bpf_ktime_get_ns();
-	if (targets.update(key, &init) == 0)
-		h->target_inserts += 1;
-	/* -EEXIST: another CPU created it between our lookup and update; use theirs. */
-	v = targets.lookup(key);
-	if (!v)
-		h->target_insert_fail += 1;
-	return v;
-}
-
-static __always_inline void pair_count(struct pair_key *key, struct health_counters *h)
-{
-	struct pair_val *v = pairs.lookup(key);
-
-	if (!v) {
-		struct pair_val init = {};
-		init.first_seen_ns = bpf_ktime_get_ns();
-		if (pairs.update(key, &init) == 0)
-			h->pair_inserts += 1;
-		v = pairs.lookup(key);
-		if (!v) {
-			h->pair_insert_fail += 1;
-			return;
-		}
+	if (v) {
+		v->count += 1;
+		return;
 	}
-	v->requests += 1;
+	struct arp_val init = {};
+	init.count = 1;
+	init.first_seen_ns = bpf_ktime_get_ns();
+	if (arp_counts.update(key, &init) == 0) {
+		h->inserts += 1;
+		return;
+	}
+	/* -EEXIST: another CPU created it between our lookup and update; add to theirs. */
+	v = arp_counts.lookup(key);
+	if (v)
+		v->count += 1;
+	else
+		h->insert_fail += 1;
 }
 
 /* Skips at most VLAN_MAX_DEPTH tags. *vlan gets the outermost VID unless the caller already knows it
@@ -157,83 +143,62 @@ static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __
 		return;
 	}
 
-	struct target_key tk = {};
-	struct target_val *tv;
+	struct arp_key k = {};
 
-	tk.ifindex = ifindex;
-	tk.vlan = vlan;
-	tk.dir = dir;
+	k.ifindex = ifindex;
+	k.vlan = vlan;
+	k.dir = dir;
 
-	/* Order matters and is the documented classification (docs/architecture.md):
+	/* Order matters and is the documented classification (docs/architecture.md, sensor/refparse.py):
 	 * probe (request from 0.0.0.0), gratuitous (sender == target), request, reply. */
 	if (op == ARPOP_REQUEST && spa == 0) {
 		h->probe += 1;
-		tk.ip = tpa;
-		tv = target_get(&tk, h);
-		if (tv)
-			tv->probes += 1;
-		return;
-	}
-	if (spa == tpa) {
+		k.kind = ARP_KIND_PROBE;
+		k.ip = tpa;
+	} else if (spa == tpa) {
 		h->gratuitous += 1;
-		tk.ip = spa;
-		tv = target_get(&tk, h);
-		if (tv)
-			tv->gratuitous += 1;
-		return;
-	}
-	if (op == ARPOP_REQUEST) {
+		k.kind = ARP_KIND_GRATUITOUS;
+		k.ip = spa;
+	} else if (op == ARPOP_REQUEST) {
 		h->request += 1;
-		tk.ip = tpa;
-		tv = target_get(&tk, h);
-		if (tv)
-			tv->requests += 1;
-
-		struct pair_key pk = {};
-
-		pk.ifindex = ifindex;
-		pk.sender = spa;
-		pk.target = tpa;
-		pk.vlan = vlan;
-		pk.dir = dir;
-		pair_count(&pk, h);
-		return;
+		k.kind = ARP_KIND_REQUEST;
+		k.ip = tpa;
+		k.peer = spa;
+	} else {
+		h->reply += 1;
+		k.kind = ARP_KIND_REPLY;
+		k.ip = spa;
 	}
-	h->reply += 1;
-	tk.ip = spa;
-	tv = target_get(&tk, h);
-	if (tv)
-		tv->replies += 1;
+	count(&k, h);
 }
 
-static __always_inline void handle_frame(void *data, void *data_end, __u32 ifindex, __u8 dir,
-					 __u16 vlan, int have_vlan)
+/* Moves the cursor to the ARP header and returns 1 if the frame is ARP (after at most two VLAN tags). */
+static __always_inline int find_arp(struct hdr_cursor *nh, void *data_end, __u16 *vlan, int have_vlan)
 {
-	struct hdr_cursor nh = { .pos = data };
-	struct ethhdr *eth = nh.pos;
+	struct ethhdr *eth = nh->pos;
 
 	if ((void *)(eth + 1) > data_end) /* the kernel delivers no frame this short; stay safe anyway */
-		return;
-	nh.pos = eth + 1;
+		return 0;
+	nh->pos = eth + 1;
 	__u16 h_proto = eth->h_proto;
 
-	/* The fast path: every non-ARP, untagged frame leaves here after two compares, touching no map. */
-	if (h_proto != bpf_htons(ETH_P_ARP)) {
-		if (!proto_is_vlan(h_proto))
-			return;
-		h_proto = parse_vlans(&nh, data_end, h_proto, &vlan, have_vlan);
-		if (h_proto != bpf_htons(ETH_P_ARP))
-			return;
-	}
-	handle_arp(&nh, data_end, ifindex, dir, vlan);
+	/* The fast path: every non-ARP, untagged frame leaves here after two compares, touching no map
+	 * and not even the context (the interface index is read only for ARP). */
+	if (h_proto == bpf_htons(ETH_P_ARP))
+		return 1;
+	if (!proto_is_vlan(h_proto))
+		return 0;
+	return parse_vlans(nh, data_end, h_proto, vlan, have_vlan) == bpf_htons(ETH_P_ARP);
 }
 
 int arpsensor_xdp(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	struct hdr_cursor nh = { .pos = (void *)(long)ctx->data };
+	__u16 vlan = 0;
 
-	handle_frame(data, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, 0, 0);
+	if (find_arp(&nh, data_end, &vlan, 0))
+		handle_arp(&nh, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan);
 	return XDP_PASS;
 }
 
@@ -242,8 +207,8 @@ int arpsensor_xdp(struct xdp_md *ctx)
  * someone else's filters. */
 static __always_inline int handle_skb(struct __sk_buff *skb, __u8 dir)
 {
-	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor nh = { .pos = (void *)(long)skb->data };
 	__u16 vlan = 0;
 	int have_vlan = 0;
 
@@ -251,7 +216,8 @@ static __always_inline int handle_skb(struct __sk_buff *skb, __u8 dir)
 		vlan = skb->vlan_tci & VLAN_VID_MASK;
 		have_vlan = 1;
 	}
-	handle_frame(data, data_end, skb->ifindex, dir, vlan, have_vlan);
+	if (find_arp(&nh, data_end, &vlan, have_vlan))
+		handle_arp(&nh, data_end, skb->ifindex, dir, vlan);
 	return TC_ACT_UNSPEC;
 }
 

@@ -9,46 +9,34 @@
 #define ARP_SENSOR_DIR_INGRESS 0
 #define ARP_SENSOR_DIR_EGRESS 1
 
-/* Map sizes; the loader overrides them with -D (--max-targets, --max-pairs). Both maps are LRU: the keys
- * come from the wire, so an attacker choosing random target IPs only evicts old entries. */
-#ifndef ARP_SENSOR_MAX_TARGETS
-#define ARP_SENSOR_MAX_TARGETS 8192
-#endif
-#ifndef ARP_SENSOR_MAX_PAIRS
-#define ARP_SENSOR_MAX_PAIRS 16384
+/* Map size; the loader overrides it with -D (--max-entries). The map is LRU: keys come from the wire, so
+ * an attacker choosing random target IPs only evicts old entries (counted, see health). */
+#ifndef ARP_SENSOR_MAX_ENTRIES
+#define ARP_SENSOR_MAX_ENTRIES 32768
 #endif
 
-/* Where an IP was seen. ip is in network byte order, as on the wire. */
-struct target_key {
+/* What an entry counts. */
+#define ARP_KIND_REQUEST 0    /* requests for ip, asked by peer */
+#define ARP_KIND_REPLY 1      /* replies sent by ip (peer = 0) */
+#define ARP_KIND_GRATUITOUS 2 /* gratuitous ARP announcing ip (sender == target; peer = 0) */
+#define ARP_KIND_PROBE 3      /* address probes for ip (sender 0.0.0.0; peer = 0) */
+
+/* One map for everything, so an ARP frame costs exactly one hash lookup: per-target totals are sums
+ * over entries, done in user space once per interval instead of in the kernel once per frame.
+ * IPs are in network byte order, as on the wire. */
+struct arp_key {
 	__u32 ifindex;
 	__u32 ip;   /* target of requests/probes, sender of replies/gratuitous */
+	__u32 peer; /* requests: who asked (sender IP); 0 otherwise */
 	__u16 vlan; /* outermost VLAN id, 0 = untagged (or priority-tagged) */
 	__u8 dir;   /* ARP_SENSOR_DIR_* */
-	__u8 pad;
+	__u8 kind;  /* ARP_KIND_* */
 };
 
 /* Per-CPU, cumulative. first_seen_ns is written once, on the CPU that created the entry: when user
- * space sees it change, the entry was evicted and re-created, so the counters restarted at zero. */
-struct target_val {
-	__u64 requests;   /* requests asking for ip */
-	__u64 replies;    /* replies sent by ip */
-	__u64 gratuitous; /* gratuitous ARP announcing ip (sender ip == target ip) */
-	__u64 probes;     /* address probes for ip (sender ip 0.0.0.0) */
-	__u64 first_seen_ns;
-};
-
-/* Who asked for whom: requests only. */
-struct pair_key {
-	__u32 ifindex;
-	__u32 sender; /* network byte order */
-	__u32 target; /* network byte order */
-	__u16 vlan;
-	__u8 dir;
-	__u8 pad;
-};
-
-struct pair_val {
-	__u64 requests;
+ * space sees it change, the LRU evicted the entry and it was re-created, so the count restarted. */
+struct arp_val {
+	__u64 count;
 	__u64 first_seen_ns;
 };
 
@@ -66,10 +54,8 @@ struct health_counters {
 	__u64 malformed;          /* ethertype ARP but truncated or not Ethernet/IPv4 (hrd 1, pro 0x0800, 6, 4) */
 	__u64 runt;               /* cut inside a VLAN tag */
 	__u64 vlan_too_deep;      /* a third VLAN tag: not parsed further */
-	__u64 target_inserts;     /* new entries in the targets map (minus live entries = evictions) */
-	__u64 target_insert_fail; /* map update failed: classified and counted here, not per target */
-	__u64 pair_inserts;
-	__u64 pair_insert_fail;
+	__u64 inserts;            /* new map entries (inserts minus live entries = evictions) */
+	__u64 insert_fail;        /* map update failed: classified and counted here, not per entry */
 };
 
 #endif /* ARP_SENSOR_H */

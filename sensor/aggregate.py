@@ -1,14 +1,13 @@
 """Snapshots of cumulative kernel counters → per-interval TargetWindows. Pure Python, no bcc.
 
-A counter that went down, or an entry whose first_seen_ns changed, was evicted and re-created by the
-kernel's LRU: its delta is its current value (what was counted since re-creation)."""
+Deltas are taken per map entry: an entry whose first_seen_ns changed (or whose count went down) was
+evicted and re-created by the kernel's LRU, so its delta is its current count."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sensor.layout import DIRECTIONS
+from sensor.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
 from sensor.model import TargetWindow, WindowKey
 from sensor.reader import Snapshot
 
@@ -19,18 +18,9 @@ class Interval:
     windows: list[TargetWindow]  # every (interface, direction, VLAN, IP) with activity, busiest first
     health: dict[str, int]  # deltas of the kernel health counters
     health_total: dict[str, int]
-    live_targets: int = 0
-    live_pairs: int = 0
-    evicted_targets: int = 0  # cumulative: inserts - live entries
-    evicted_pairs: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-
-def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
-    """Field-wise delta of cumulative counters whose last field is first_seen_ns."""
-    if prev is None or prev[-1] != cur[-1]:
-        return cur[:-1]
-    return tuple(c - p if c >= p else c for c, p in zip(cur[:-1], prev[:-1], strict=True))
+    entries_live: int = 0
+    entries_evicted: int = 0  # cumulative: inserts - live entries
+    targets_live: int = 0  # distinct (interface, direction, VLAN, IP) in the map
 
 
 class Aggregator:
@@ -43,29 +33,41 @@ class Aggregator:
         prev = self.prev
         self.prev = snap
         interval_s = snap.mono - prev.mono if prev else 0.0
-        pt = prev.targets if prev else {}
-        pp = prev.pairs if prev else {}
+        pe = prev.entries if prev else {}
 
-        # Who asked for each target in this interval.
-        asked: dict[tuple[int, str, int, int], list[tuple[str, int]]] = defaultdict(list)
-        for (ifindex, sender, target, vlan, d), cur in snap.pairs.items():
-            n = _delta(cur, pp.get((ifindex, sender, target, vlan, d)))[0]
-            if n:
-                asked[(ifindex, target, vlan, d)].append((sender, n))
+        # (ifindex, ip, vlan, dir) -> [requests, replies, gratuitous, probes, {sender: requests}]
+        acc: dict[tuple[int, str, int, int], list] = {}
+        targets = set()
+        for key, (count, first) in snap.entries.items():
+            ifindex, ip, peer, vlan, d, kind = key
+            tkey = (ifindex, ip, vlan, d)
+            targets.add(tkey)
+            old = pe.get(key)
+            n = count - old[0] if old and old[1] == first and count >= old[0] else count
+            if not n:
+                continue
+            a = acc.get(tkey)
+            if a is None:
+                a = acc[tkey] = [0, 0, 0, 0, {}]
+            if kind == KIND_REQUEST:
+                a[0] += n
+                a[4][peer] = a[4].get(peer, 0) + n
+            elif kind == KIND_REPLY:
+                a[1] += n
+            elif kind == KIND_GRATUITOUS:
+                a[2] += n
+            elif kind == KIND_PROBE:
+                a[3] += n
 
         windows = []
-        for key, cur in snap.targets.items():
-            req, rep, grat, probes = _delta(cur, pt.get(key))
-            if not (req or rep or grat or probes):
-                continue
-            ifindex, ip, vlan, d = key
-            senders = sorted(asked.get(key, ()), key=lambda s: (-s[1], s[0]))
+        for (ifindex, ip, vlan, d), (req, rep, grat, probes, senders) in acc.items():
+            top = sorted(senders.items(), key=lambda s: (-s[1], s[0]))[: self.top_senders]
             windows.append(TargetWindow(
                 key=WindowKey(ifindex, DIRECTIONS.get(d, str(d)), vlan, ip),
                 interface=self.ifnames.get(ifindex, str(ifindex)),
                 interval_s=interval_s,
                 requests=req, replies=rep, gratuitous=grat, probes=probes,
-                senders=len(senders), top_senders=senders[: self.top_senders],
+                senders=len(senders), top_senders=top,
             ))
         windows.sort(key=lambda w: (-w.requests, -w.probes, w.key.ip, w.key.ifindex, w.key.direction))
 
@@ -73,9 +75,9 @@ class Aggregator:
         health = {k: v - ph.get(k, 0) for k, v in snap.health.items()}
         return Interval(
             interval_s=interval_s, windows=windows, health=health, health_total=dict(snap.health),
-            live_targets=len(snap.targets), live_pairs=len(snap.pairs),
-            evicted_targets=max(0, snap.health.get("target_inserts", 0) - len(snap.targets)),
-            evicted_pairs=max(0, snap.health.get("pair_inserts", 0) - len(snap.pairs)),
+            entries_live=len(snap.entries),
+            entries_evicted=max(0, snap.health.get("inserts", 0) - len(snap.entries)),
+            targets_live=len(targets),
         )
 
 

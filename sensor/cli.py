@@ -44,14 +44,13 @@ def _log(msg: str) -> None:
               help="Only targets with at least N requests in the interval (0: any ARP activity).")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Written once every program is attached: start traffic after it appears.")
-@click.option("--max-targets", type=click.IntRange(64, 1 << 20), default=8192, show_default=True,
-              help="Size of the in-kernel per-target LRU map.")
-@click.option("--max-pairs", type=click.IntRange(64, 1 << 20), default=16384, show_default=True,
-              help="Size of the in-kernel (sender, target) LRU map.")
+@click.option("--max-entries", type=click.IntRange(256, 1 << 22), default=32768, show_default=True,
+              help="Size of the in-kernel LRU map: one entry per (target, sender) and per replier. "
+                   "Kernel memory is about max-entries x (16 x CPUs + 80) bytes.")
 @click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
 @peer_options
 def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,
-        top: int, min_requests: int, ready_file: str | None, max_targets: int, max_pairs: int,
+        top: int, min_requests: int, ready_file: str | None, max_entries: int,
         hostname: str | None, **peer_opts) -> None:
     """Count ARP per target in the kernel and stream JSON events.
 
@@ -68,7 +67,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
 
     opts = RunOptions(interfaces=list(interfaces), attach=attach, xdp_mode=xdp_mode, interval=interval,
                       duration=duration, top=top, min_requests=min_requests, ready_file=ready_file,
-                      max_targets=max_targets, max_pairs=max_pairs)
+                      max_entries=max_entries)
     if hostname:
         opts.hostname = hostname
     check_options(opts)

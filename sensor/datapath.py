@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from sensor.errors import EXIT_CONFLICT, EXIT_ENV, EXIT_USAGE, SensorError
-from sensor.layout import BPF_DIR, PROG_TC_EG, PROG_TC_IN, PROG_XDP, PROGRAM
+from sensor.layout import BPF_DIR, DEFAULT_MAX_ENTRIES, PROG_TC_EG, PROG_TC_IN, PROG_XDP, PROGRAM
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -90,7 +90,7 @@ class Attachment:
 class Datapath:
     """The compiled program and its maps; attach/detach per interface."""
 
-    def __init__(self, max_targets: int = 8192, max_pairs: int = 16384) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         problem = privileges_problem() or kernel_headers_problem()
         if problem:
             raise SensorError(problem, EXIT_ENV)
@@ -100,9 +100,8 @@ class Datapath:
             raise SensorError("cannot import bcc: apt-get install python3-bpfcc, and run from a venv made "
                               "with --system-site-packages (make install does both)", EXIT_ENV) from None
         self._BPF = BPF
-        self.max_targets, self.max_pairs = max_targets, max_pairs
-        cflags = [f"-I{BPF_DIR}", f"-DARP_SENSOR_MAX_TARGETS={max_targets}",
-                  f"-DARP_SENSOR_MAX_PAIRS={max_pairs}", "-Wno-macro-redefined"]
+        self.max_entries = max_entries
+        cflags = [f"-I{BPF_DIR}", f"-DARP_SENSOR_MAX_ENTRIES={max_entries}"]
         # bcc prints clang's diagnostics on fd 2; keep them for the error line, hide them otherwise.
         with tempfile.TemporaryFile() as errf:
             saved = os.dup(2)
@@ -125,8 +124,8 @@ class Datapath:
 
     # -- maps --------------------------------------------------------------------------------------
     @property
-    def map_fds(self) -> tuple[int, int, int]:
-        return (self.bpf[b"targets"].map_fd, self.bpf[b"pairs"].map_fd, self.bpf[b"health"].map_fd)
+    def map_fds(self) -> tuple[int, int]:
+        return (self.bpf[b"arp_counts"].map_fd, self.bpf[b"health"].map_fd)
 
     # -- attach ------------------------------------------------------------------------------------
     def attach(self, ifname: str, attach: str = "both", xdp_mode: str = "auto") -> Attachment:

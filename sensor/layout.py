@@ -15,14 +15,12 @@ PROGRAM = BPF_DIR / "arp_sensor.bpf.c"
 DIR_INGRESS, DIR_EGRESS = 0, 1
 DIRECTIONS = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
 
-# struct target_key {u32 ifindex; be32 ip; u16 vlan; u8 dir; u8 pad;}
-TARGET_KEY = struct.Struct("<I4sHBx")
-# struct target_val {u64 requests, replies, gratuitous, probes, first_seen_ns;}
-TARGET_VAL = struct.Struct("<5Q")
-# struct pair_key {u32 ifindex; be32 sender; be32 target; u16 vlan; u8 dir; u8 pad;}
-PAIR_KEY = struct.Struct("<I4s4sHBx")
-# struct pair_val {u64 requests, first_seen_ns;}
-PAIR_VAL = struct.Struct("<2Q")
+# struct arp_key {u32 ifindex; be32 ip; be32 peer; u16 vlan; u8 dir; u8 kind;}
+ARP_KEY = struct.Struct("<I4s4sHBB")
+# struct arp_val {u64 count, first_seen_ns;}
+ARP_VAL = struct.Struct("<2Q")
+KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE = 0, 1, 2, 3
+DEFAULT_MAX_ENTRIES = 32768
 
 PROG_XDP = "arpsensor_xdp"
 PROG_TC_IN = "arpsensor_tc_in"

@@ -4,49 +4,52 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sensor import bpfsys
-from sensor.layout import PAIR_KEY, PAIR_VAL, TARGET_KEY, TARGET_VAL, health_names, health_struct
+from sensor.layout import (
+    ARP_KEY,
+    ARP_VAL,
+    KIND_GRATUITOUS,
+    KIND_PROBE,
+    KIND_REPLY,
+    KIND_REQUEST,
+    health_names,
+    health_struct,
+)
 
-# (ifindex, ip, vlan, dir) -> (requests, replies, gratuitous, probes, first_seen_ns)
-TargetMap = dict[tuple[int, str, int, int], tuple[int, int, int, int, int]]
-# (ifindex, sender, target, vlan, dir) -> (requests, first_seen_ns)
-PairMap = dict[tuple[int, str, str, int, int], tuple[int, int]]
+# (ifindex, ip, peer, vlan, dir, kind) -> (count, first_seen_ns), summed over CPUs
+EntryKey = tuple[int, str, str, int, int, int]
+EntryMap = dict[EntryKey, tuple[int, int]]
+TargetKey = tuple[int, str, int, int]  # (ifindex, ip, vlan, dir)
 
 
 @dataclass
 class Snapshot:
     mono: float  # time.monotonic() when read
-    targets: TargetMap = field(default_factory=dict)
-    pairs: PairMap = field(default_factory=dict)
+    entries: EntryMap = field(default_factory=dict)
     health: dict[str, int] = field(default_factory=dict)
 
 
-def _sum_percpu(buf: bytes, count: int, fmt, ncpu: int) -> list[tuple[int, ...]]:
-    """Per-CPU values: counters add up across CPUs; the last field (first_seen_ns) is set on one CPU
-    only, so it is the maximum instead."""
-    slot = bpfsys.percpu_value_size(fmt.size)
-    nfields = len(fmt.unpack(bytes(fmt.size)))
-    out = []
-    unpack = fmt.unpack_from
-    for i in range(count):
-        base = i * slot * ncpu
-        acc = list(unpack(buf, base))
-        for c in range(1, ncpu):
-            v = unpack(buf, base + c * slot)
-            for f in range(nfields - 1):
-                acc[f] += v[f]
-            if v[-1] > acc[-1]:
-                acc[-1] = v[-1]
-        out.append(tuple(acc))
-    return out
+def target_totals(entries: EntryMap) -> dict[TargetKey, tuple[int, int, int, int]]:
+    """Cumulative (requests, replies, gratuitous, probes) per target: a view for tests and tools."""
+    out: dict[TargetKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    slot = {KIND_REQUEST: 0, KIND_REPLY: 1, KIND_GRATUITOUS: 2, KIND_PROBE: 3}
+    for (ifindex, ip, _peer, vlan, d, kind), (n, _first) in entries.items():
+        out[(ifindex, ip, vlan, d)][slot[kind]] += n
+    return {k: tuple(v) for k, v in out.items()}  # type: ignore[misc]
+
+
+def pair_totals(entries: EntryMap) -> dict[tuple[int, str, str, int, int], int]:
+    """Cumulative requests per (ifindex, sender, target, vlan, dir)."""
+    return {(ifindex, peer, ip, vlan, d): n for (ifindex, ip, peer, vlan, d, kind), (n, _f) in entries.items()
+            if kind == KIND_REQUEST}
 
 
 class MapReader:
-    def __init__(self, targets_fd: int, pairs_fd: int, health_fd: int, max_targets: int, max_pairs: int):
-        self.targets_fd, self.pairs_fd, self.health_fd = targets_fd, pairs_fd, health_fd
-        self.max_targets, self.max_pairs = max_targets, max_pairs
+    def __init__(self, map_fd: int, health_fd: int, max_entries: int) -> None:
+        self.map_fd, self.health_fd, self.max_entries = map_fd, health_fd, max_entries
         self.ncpu = bpfsys.possible_cpus()
         self.names = health_names()
 
@@ -60,28 +63,30 @@ class MapReader:
                 totals[i] += v
         return dict(zip(self.names, totals, strict=True))
 
-    def read_targets(self) -> TargetMap:
-        keys, vals, n = bpfsys.map_lookup_batch(self.targets_fd, TARGET_KEY.size, TARGET_VAL.size,
-                                                self.max_targets, percpu=True)
-        summed = _sum_percpu(vals, n, TARGET_VAL, self.ncpu)
-        out: TargetMap = {}
+    def read_entries(self) -> EntryMap:
+        keys, vals, _n = bpfsys.map_lookup_batch(self.map_fd, ARP_KEY.size, ARP_VAL.size, self.max_entries,
+                                                percpu=True)
+        ncpu = self.ncpu
+        slot = bpfsys.percpu_value_size(ARP_VAL.size)
+        unpack = ARP_VAL.unpack_from
         ntoa = socket.inet_ntoa
-        for i, (ifindex, ip, vlan, d) in enumerate(TARGET_KEY.iter_unpack(keys)):
-            out[(ifindex, ntoa(ip), vlan, d)] = summed[i]  # type: ignore[assignment]
-        return out
-
-    def read_pairs(self) -> PairMap:
-        keys, vals, n = bpfsys.map_lookup_batch(self.pairs_fd, PAIR_KEY.size, PAIR_VAL.size,
-                                                self.max_pairs, percpu=True)
-        summed = _sum_percpu(vals, n, PAIR_VAL, self.ncpu)
-        out: PairMap = {}
-        ntoa = socket.inet_ntoa
-        for i, (ifindex, s, t, vlan, d) in enumerate(PAIR_KEY.iter_unpack(keys)):
-            out[(ifindex, ntoa(s), ntoa(t), vlan, d)] = summed[i]  # type: ignore[assignment]
+        cache: dict[bytes, str] = {}  # many entries share IPs; inet_ntoa once per distinct address
+        out: EntryMap = {}
+        for i, (ifindex, ip, peer, vlan, d, kind) in enumerate(ARP_KEY.iter_unpack(keys)):
+            base = i * slot * ncpu
+            count, first = unpack(vals, base)
+            for c in range(1, ncpu):
+                cn, cf = unpack(vals, base + c * slot)
+                count += cn
+                if cf > first:  # first_seen_ns is stamped on the creating CPU only
+                    first = cf
+            ips = cache.get(ip) or cache.setdefault(ip, ntoa(ip))
+            peers = cache.get(peer) or cache.setdefault(peer, ntoa(peer))
+            out[(ifindex, ips, peers, vlan, d, kind)] = (count, first)
         return out
 
     def snapshot(self) -> Snapshot:
-        # Health first: a frame counted per target after this read shows up in the next interval's
-        # health too, so per-target sums never exceed the health totals of the same interval by much.
+        # Health first: a frame counted after this read shows up in the next interval's health too, so
+        # per-target sums never run ahead of the health totals.
         health = self.read_health()
-        return Snapshot(time.monotonic(), self.read_targets(), self.read_pairs(), health)
+        return Snapshot(time.monotonic(), self.read_entries(), health)

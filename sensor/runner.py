@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sensor import events
 from sensor.aggregate import Aggregator, Interval, select
 from sensor.errors import EXIT_INTERNAL, SensorError
+from sensor.layout import DEFAULT_MAX_ENTRIES
 from sensor.reader import MapReader
 
 Emit = Callable[[events.Event], None]
@@ -31,8 +32,7 @@ class RunOptions:
     top: int = 20
     min_requests: int = 1
     ready_file: str | None = None
-    max_targets: int = 8192
-    max_pairs: int = 16384
+    max_entries: int = DEFAULT_MAX_ENTRIES
     hostname: str = field(default_factory=socket.gethostname)
 
 
@@ -52,14 +52,14 @@ class Runner:
     def start(self) -> None:
         from sensor.datapath import Datapath  # the bcc import happens here, not at CLI parse time
 
-        self.datapath = Datapath(self.opts.max_targets, self.opts.max_pairs)
+        self.datapath = Datapath(self.opts.max_entries)
         for ifname in self.opts.interfaces:
             att = self.datapath.attach(ifname, self.opts.attach, self.opts.xdp_mode)
             self.ifnames[att.ifindex] = ifname
             for note in att.notes:
                 self.log(note)
         fds = self.datapath.map_fds
-        self.reader = MapReader(*fds, self.opts.max_targets, self.opts.max_pairs)
+        self.reader = MapReader(*fds, self.opts.max_entries)
         self.aggregator = Aggregator(self.ifnames)
         self.aggregator.update(self.reader.snapshot())  # baseline: maps are new, so all zero
         self.if_stats = self._read_if_stats()
@@ -142,9 +142,8 @@ class Runner:
         self.if_stats = stats
         h.update(iv.health)
         h.update({
-            "targets_live": iv.live_targets, "targets_max": self.opts.max_targets,
-            "targets_evicted": iv.evicted_targets,
-            "pairs_live": iv.live_pairs, "pairs_max": self.opts.max_pairs, "pairs_evicted": iv.evicted_pairs,
+            "entries_live": iv.entries_live, "entries_max": self.opts.max_entries,
+            "entries_evicted": iv.entries_evicted, "targets_live": iv.targets_live,
         })
         return h
 

@@ -11,8 +11,8 @@ import pytest
 
 from sensor import bpfsys
 from sensor import frames as F
-from sensor.layout import PAIR_KEY, PAIR_VAL, TARGET_KEY, TARGET_VAL, health_names
-from sensor.reader import MapReader
+from sensor.layout import ARP_KEY, ARP_VAL, health_names
+from sensor.reader import MapReader, pair_totals, target_totals
 from tests.fixtures_netns import needs_root
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -27,12 +27,12 @@ QINQ = F.ETH_P_8021AD
 def dp():
     from sensor.datapath import Datapath
 
-    return Datapath(max_targets=1024, max_pairs=1024)
+    return Datapath(max_entries=1024)
 
 
 @pytest.fixture(scope="module")
 def reader(dp):
-    return MapReader(*dp.map_fds, 1024, 1024)
+    return MapReader(*dp.map_fds, 1024)
 
 
 ENTRY_POINTS = {
@@ -50,26 +50,28 @@ class Probe:
         self.fd = getattr(dp, attr).fd
         self.reader = reader
 
+    def read(self):
+        entries = self.reader.read_entries()
+        return self.reader.read_health(), target_totals(entries), pair_totals(entries)
+
     def run(self, frame: bytes):
-        h0, t0, p0 = self.reader.read_health(), self.reader.read_targets(), self.reader.read_pairs()
+        h0, t0, p0 = self.read()
         res = bpfsys.prog_test_run(self.fd, frame)
         assert res.retval == self.retval
         assert res.data_out == frame  # observe only: the frame is never modified
-        h1, t1, p1 = self.reader.read_health(), self.reader.read_targets(), self.reader.read_pairs()
+        h1, t1, p1 = self.read()
         health = {k: h1[k] - h0[k] for k in h1 if h1[k] != h0[k]}
-        health.pop("target_inserts", None)  # depends on whether an earlier test created the key
-        health.pop("pair_inserts", None)
+        health.pop("inserts", None)  # depends on whether an earlier test created the entry
         targets = {}
         for key, v in t1.items():
-            before = t0.get(key, (0,) * 5)
-            d = tuple(a - b for a, b in zip(v[:4], before[:4], strict=True))
+            d = tuple(a - b for a, b in zip(v, t0.get(key, (0, 0, 0, 0)), strict=True))
             if any(d):
                 _ifindex, ip, vlan, direction = key
                 assert direction == self.dir
                 targets[(ip, vlan)] = dict(zip(("requests", "replies", "gratuitous", "probes"), d, strict=True))
         pairs = {}
-        for key, v in p1.items():
-            d = v[0] - p0.get(key, (0, 0))[0]
+        for key, n in p1.items():
+            d = n - p0.get(key, 0)
             if d:
                 pairs[(key[1], key[2], key[3])] = d
         return health, targets, pairs
@@ -86,11 +88,9 @@ def req(ip: str, vlan: int = 0, n: int = 1):
 
 def test_struct_layout_matches_bcc(dp):
     """The user-space struct formats mirror bpf/arp_sensor.h exactly (bcc computed these from the C)."""
-    assert ctypes.sizeof(dp.bpf[b"targets"].Key) == TARGET_KEY.size
-    assert ctypes.sizeof(dp.bpf[b"pairs"].Key) == PAIR_KEY.size
-    leaf = dp.bpf[b"targets"].Leaf  # per-CPU: an array of the C struct
-    assert ctypes.sizeof(leaf) // bpfsys.possible_cpus() == TARGET_VAL.size
-    assert ctypes.sizeof(dp.bpf[b"pairs"].Leaf) // bpfsys.possible_cpus() == PAIR_VAL.size
+    assert ctypes.sizeof(dp.bpf[b"arp_counts"].Key) == ARP_KEY.size
+    leaf = dp.bpf[b"arp_counts"].Leaf  # per-CPU: an array of the C struct
+    assert ctypes.sizeof(leaf) // bpfsys.possible_cpus() == ARP_VAL.size
     assert ctypes.sizeof(dp.bpf[b"health"].Leaf) // bpfsys.possible_cpus() == 8 * len(health_names())
 
 
@@ -213,9 +213,9 @@ def test_runt_below_ethernet_header_is_refused_by_the_kernel(dp, reader, size):
 
 def test_repeat_counts_every_run(dp, reader):
     """A batch of 1000 runs counts exactly 1000 requests: per-CPU counters lose nothing."""
-    before = reader.read_targets()
+    before = target_totals(reader.read_entries())
     bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.2.1", "198.18.2.2"), repeat=1000)
-    after = reader.read_targets()
+    after = target_totals(reader.read_entries())
     key = next(k for k in after if k[1] == "198.18.2.2" and k[3] == 0)
     assert after[key][0] - before.get(key, (0,))[0] == 1000
 
@@ -230,5 +230,5 @@ def test_mixed_burst_matches_a_tally(dp, reader):
     for frame in mix:
         bpfsys.prog_test_run(dp.fn_xdp.fd, frame)
     h1 = reader.read_health()
-    got = Counter({k: h1[k] - h0[k] for k in h1 if h1[k] != h0[k] and not k.endswith("inserts")})
+    got = Counter({k: h1[k] - h0[k] for k in h1 if h1[k] != h0[k] and k != "inserts"})
     assert got == expect

@@ -45,7 +45,7 @@ def test_run_help_has_examples():
     (["run", "-i", "lo", "--attach", "bogus"], "--attach"),
     (["run", "-i", "lo", "--xdp-mode", "turbo"], "--xdp-mode"),
     (["run", "-i", "lo", "--top", "-1"], "--top"),
-    (["run", "-i", "lo", "--max-targets", "1"], "--max-targets"),
+    (["run", "-i", "lo", "--max-entries", "1"], "--max-entries"),
     (["run", "-i", "lo", "--duration", "abc"], "--duration"),
     (["run", "-i", "lo", "-i", "lo"], "once"),
     (["frobnicate"], "No such command"),
