@@ -7,15 +7,22 @@ import sys
 
 import click
 
-from sensor import __version__
+from sensor import __version__, sdnotify
+from sensor.config import ENV_VAR as CONFIG_ENV
+from sensor.config import ConfigGroup, config_option
 from sensor.errors import EXIT_INTERNAL, SensorError
 from sensor.peers.stage import PeerStage, peer_options
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ConfigGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="arp-sensor")
+@config_option(envvar=CONFIG_ENV)
 def cli() -> None:
-    """Count ARP requests per target in the kernel and name the BGP peers behind an ARP storm."""
+    """Count ARP requests per target in the kernel and name the BGP peers behind an ARP storm.
+
+    Every flag can also come from a TOML file: `arp-sensor --config FILE CMD` or `CMD --config FILE`
+    (keys are flag names; flags on the command line win). See docs/operations.md.
+    """
 
 
 def _emit_stdout(event: dict) -> None:
@@ -74,11 +81,13 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
     runner = Runner(opts, _emit_stdout, _log)
     PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname).install(runner)
     runner.install_signal_handlers()
+    runner.ready_hooks.append(lambda: sdnotify.ready(f"watching {', '.join(opts.interfaces)}"))
     code = 0
     try:
         runner.start()
         code = runner.run()
     finally:
+        sdnotify.stopping()
         for problem in runner.close():
             _log(problem)
     sys.exit(code)

@@ -47,6 +47,8 @@ class Runner:
         # Hooks for later stages (peers, verdicts, rate limits): called once per interval.
         self.interval_hooks: list[Callable[[Interval, float], list[events.Event]]] = []
         self.target_annotators: list[Callable[[str], dict | None]] = []
+        # Called once everything is compiled and attached (systemd's READY=1 goes here).
+        self.ready_hooks: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -66,6 +68,8 @@ class Runner:
         if self.opts.ready_file:
             with open(self.opts.ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
+        for hook in self.ready_hooks:
+            hook()
 
     def close(self) -> list[str]:
         if self.datapath is None:
