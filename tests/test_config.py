@@ -26,14 +26,14 @@ def show_default(result, flag: str) -> str:
 
 @pytest.mark.parametrize("where", ["group", "command", "env"])
 def test_config_sets_defaults(tmp_path, where):
-    path = write(tmp_path, 'interface = ["lo"]\n[run]\ninterval = 7\nmax-targets = 4096\n')
+    path = write(tmp_path, 'interface = ["lo"]\n[run]\ninterval = 7\nmax-entries = 4096\n')
     args = {"group": ["--config", path, "run", "--help"], "command": ["run", "--config", path, "--help"],
             "env": ["run", "--help"]}[where]
     env = {config.ENV_VAR: path} if where == "env" else {}
     r = CliRunner().invoke(cli, args, env=env)
     assert r.exit_code == 0, r.output
     assert show_default(r, "--interval") == "7"
-    assert show_default(r, "--max-targets") == "4096"
+    assert show_default(r, "--max-entries") == "4096"
 
 
 def _probe_group() -> click.Group:
