@@ -136,3 +136,8 @@ def main() -> None:
     except Exception as e:  # last resort: one line, not a traceback
         click.echo(f"arp-sensor: internal error: {type(e).__name__}: {e}", err=True)
         sys.exit(EXIT_INTERNAL)
+
+
+from sensor.lab.cli import lab  # noqa: E402
+
+cli.add_command(lab)

@@ -1,3 +1,6 @@
 """Shared fixtures. Feature-specific fixtures live in tests/fixtures_*.py and are listed in pytest_plugins."""
 
-pytest_plugins = ["tests.fixtures_netns"]
+pytest_plugins = [
+    "tests.fixtures_netns",
+    "tests.fixtures_lab",
+]

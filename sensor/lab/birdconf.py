@@ -1,0 +1,188 @@
+"""The one BIRD 2 config renderer for the netns lab and vagrant/: a Calico-style BGP full mesh.
+
+Modelled on Calico's confd template (confd/etc/calico/confd/templates/bird.cfg.template):
+- every peer comes from `template bgp bgp_template` with Calico's reconnect timers,
+- one `protocol bgp Mesh_<ip with underscores>` per other node,
+- the mesh is unidirectional: in node A's config the session to a peer with a higher IP is `passive on`,
+  so the higher IP of each pair is the one that connects (and, once the peer is dead, keeps ARPing for it).
+  Calico's template compares the IP *strings*; we compare numerically, which is the same order for
+  addresses whose last octets have equal length and a total order in every case.
+
+Calico's BIRD runs on BIRD 1.6 syntax; this renders BIRD 2 (`local ... as`, `ipv4 { }` channels).
+
+Calico leaves BIRD's default hold time (240 s): a silently powered-off node is noticed only when the hold
+timer expires, and only then does the reconnect loop (and the ARP storm) start. The lab defaults to a
+short hold time so the demo shows the storm within seconds; pass `hold_time=None` for BIRD's default.
+
+Command line (used by vagrant/ provisioning):
+    python -m sensor.lab.birdconf --local 198.18.0.11 --mesh 198.18.0.11 198.18.0.12 198.18.0.13 -o bird.conf
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sensor.errors import SensorError
+
+DEFAULT_ASN = 64512  # Calico's default AS number
+LAB_HOLD_TIME = 6  # seconds; BIRD's minimum is 3, its default (and Calico's) 240
+BIRD_DEFAULT_HOLD_TIME = 240
+
+
+@dataclass(frozen=True)
+class Timers:
+    """Reconnect timers of Calico's bgp_template (newer Calico releases use 1 / 3 / 5,60)."""
+
+    connect_delay: int = 2
+    connect_retry: int = 5
+    error_wait: tuple[int, int] = (5, 30)
+
+
+CALICO_TIMERS = Timers()
+
+
+def protocol_name(ip: str) -> str:
+    """Calico's name for a full-mesh peer: Mesh_10_0_0_7."""
+    return "Mesh_" + str(ipaddress.IPv4Address(ip)).replace(".", "_")
+
+
+def is_passive(local_ip: str, peer_ip: str) -> bool:
+    """True when `local_ip` waits for `peer_ip` to connect (the peer has the higher IP)."""
+    return ipaddress.IPv4Address(peer_ip) > ipaddress.IPv4Address(local_ip)
+
+
+def _check_ip(ip: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(ip))
+    except ValueError:
+        raise SensorError(f"birdconf: not an IPv4 address: {ip!r}") from None
+
+
+def render(
+    local_ip: str,
+    peers: Iterable[str],
+    *,
+    asn: int = DEFAULT_ASN,
+    hold_time: int | None = LAB_HOLD_TIME,
+    router_id: str | None = None,
+    log_file: str | None = None,
+    timers: Timers = CALICO_TIMERS,
+    pod_block: str | None = None,
+) -> str:
+    """BIRD 2 config for the node `local_ip` peering with every address in `peers` (itself is skipped).
+
+    `pod_block` (a CIDR) is announced to the mesh like Calico announces a node's IPAM block, so that
+    `show route` on the peers has something to show.
+    """
+    local_ip = _check_ip(local_ip)
+    peer_ips = sorted({_check_ip(p) for p in peers} - {local_ip}, key=ipaddress.IPv4Address)
+    if hold_time is not None and not 3 <= hold_time <= 65535:
+        raise SensorError(f"birdconf: hold time must be 3..65535 s (BIRD's limits), got {hold_time}")
+    if not 1 <= asn <= 4294967295:
+        raise SensorError(f"birdconf: AS number out of range: {asn}")
+
+    out: list[str] = [
+        f"# BIRD 2 config for {local_ip}: Calico-style node-to-node mesh (rendered by sensor.lab.birdconf)",
+        f'log "{log_file}" all;' if log_file else "log stderr all;",
+        f"router id {_check_ip(router_id) if router_id else local_ip};",
+        "",
+        "protocol device {",
+        "  scan time 2;    # Calico scans interfaces every 2 seconds",
+        "}",
+        "",
+    ]
+    export = "none"
+    if pod_block:
+        try:
+            block = ipaddress.IPv4Network(pod_block)
+        except ValueError:
+            raise SensorError(f"birdconf: not an IPv4 CIDR: {pod_block!r}") from None
+        out += [
+            "# This node's pod block, announced like Calico announces its IPAM blocks.",
+            "protocol static pod_block {",
+            "  ipv4;",
+            f"  route {block} blackhole;",
+            "}",
+            "",
+        ]
+        export = "where source = RTS_STATIC"
+    hold = (
+        f"  hold time {hold_time};  # Calico keeps BIRD's default ({BIRD_DEFAULT_HOLD_TIME} s); "
+        "short here so a power-off is noticed fast"
+        if hold_time is not None
+        else f"  # hold time: BIRD's default ({BIRD_DEFAULT_HOLD_TIME} s), as in Calico"
+    )
+    out += [
+        "# Template for all BGP clients (Calico's bgp_template)",
+        "template bgp bgp_template {",
+        "  debug { states };",
+        '  description "Connection to BGP peer";',
+        f"  local {local_ip} as {asn};  # the source address of the TCP connection",
+        "  multihop;",
+        "  ipv4 {",
+        "    gateway recursive;",
+        "    import all;",
+        f"    export {export};",
+        "    add paths on;",
+        "  };",
+        "  graceful restart;",
+        f"  connect delay time {timers.connect_delay};",
+        f"  connect retry time {timers.connect_retry};",
+        f"  error wait time {timers.error_wait[0]},{timers.error_wait[1]};",
+        hold,
+        "}",
+        "",
+        "# ------------- Node-to-node mesh -------------",
+    ]
+    for peer in peer_ips:
+        out.append(f"protocol bgp {protocol_name(peer)} from bgp_template {{")
+        out.append(f"  neighbor {peer} as {asn};")
+        if is_passive(local_ip, peer):
+            out.append("  passive on; # Mesh is unidirectional, peer will connect to us.")
+        out.append("}")
+    out.append("")
+    return "\n".join(out)
+
+
+def mesh(ips: Iterable[str], **kwargs: object) -> dict[str, str]:
+    """Configs for every node of a full mesh, keyed by node IP."""
+    nodes = [_check_ip(ip) for ip in ips]
+    return {ip: render(ip, nodes, **kwargs) for ip in nodes}  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sensor.lab.birdconf`: argparse, not click, so a bare `python3` on a VM can run it."""
+    p = argparse.ArgumentParser(prog="python -m sensor.lab.birdconf", description=__doc__.split("\n")[0])
+    p.add_argument("--local", required=True, help="this node's IP (router id, source address)")
+    p.add_argument("--mesh", nargs="+", required=True, help="every node's IP (this node's is skipped)")
+    p.add_argument("--asn", type=int, default=DEFAULT_ASN)
+    p.add_argument(
+        "--hold-time", default=str(LAB_HOLD_TIME), help="seconds, or 'default' for BIRD's 240 s (Calico)"
+    )
+    p.add_argument("--log-file", help="BIRD log file (default: stderr)")
+    p.add_argument("--pod-block", help="CIDR to announce, like a Calico IPAM block")
+    p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    a = p.parse_args(argv)
+    try:
+        hold = None if a.hold_time == "default" else int(a.hold_time)
+        text = render(a.local, a.mesh, asn=a.asn, hold_time=hold, log_file=a.log_file, pod_block=a.pod_block)
+    except ValueError:
+        print(f"birdconf: error: bad --hold-time {a.hold_time!r}", file=sys.stderr)
+        return 2
+    except SensorError as e:
+        print(f"{e}", file=sys.stderr)
+        return e.exit_code
+    if a.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(a.output, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

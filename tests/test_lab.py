@@ -1,0 +1,468 @@
+"""The netns lab: BIRD config rendering, a real 6-node BIRD full mesh, power-off storms seen on the bridge,
+revival, and teardown that leaves nothing behind (also after kill -9 of the builder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sensor.errors import SensorError
+from sensor.lab import birdconf
+from sensor.lab.lab import STATE_ROOT, Lab, parse_show_protocols, parse_tcpdump_line
+from tests.fixtures_lab import lab_unavailable, unique_lab_name
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_lab = pytest.mark.skipif(lab_unavailable() is not None, reason=lab_unavailable() or "")
+HOLD = 6  # seconds: BIRD notices a silent power-off after this
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sensor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def leftovers(name: str) -> list[str]:
+    """Everything of lab NAME still on the machine: namespaces, processes naming its state, links, state."""
+    found = (
+        [f"netns {ns}" for ns in os.listdir("/run/netns") if ns.startswith(f"{name}-")]
+        if os.path.isdir("/run/netns")
+        else []
+    )
+    marker = f"{STATE_ROOT / name}/".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(f"process {pid}")
+        except OSError:
+            pass
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found += [f"root link {m}" for m in re.findall(rf"^\d+: ({re.escape(name)}\w*)[@:]", links, re.M)]
+    if (STATE_ROOT / name).exists():
+        found.append(f"state {STATE_ROOT / name}")
+    return found
+
+
+# ---- the config renderer (pure)
+
+
+def test_protocol_names_and_passive_rule_follow_calico() -> None:
+    assert birdconf.protocol_name("10.0.0.7") == "Mesh_10_0_0_7"
+    # the higher IP of each pair connects, the lower waits: exactly one side of every pair is passive
+    assert birdconf.is_passive("198.18.0.2", "198.18.0.10")
+    assert not birdconf.is_passive("198.18.0.10", "198.18.0.2")
+    conf = birdconf.render("198.18.0.2", ["198.18.0.1", "198.18.0.2", "198.18.0.3"], hold_time=7)
+    blocks = dict(re.findall(r"protocol bgp (Mesh_\S+) from bgp_template \{(.*?)\n\}", conf, re.S))
+    assert set(blocks) == {"Mesh_198_18_0_1", "Mesh_198_18_0_3"}  # never itself
+    assert "passive on" in blocks["Mesh_198_18_0_3"] and "passive on" not in blocks["Mesh_198_18_0_1"]
+    for line in (
+        "router id 198.18.0.2;",
+        "local 198.18.0.2 as 64512;",
+        "connect delay time 2;",
+        "connect retry time 5;",
+        "error wait time 5,30;",
+        "hold time 7;",
+    ):
+        assert line in conf
+    assert "hold time" not in birdconf.render("198.18.0.2", ["198.18.0.1"], hold_time=None).replace(
+        "# hold time", ""
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", [{"local_ip": "300.1.1.1"}, {"hold_time": 2}, {"asn": 0}, {"pod_block": "nope"}]
+)
+def test_renderer_rejects_bad_input(bad: dict) -> None:
+    args = {"local_ip": "198.18.0.1", "peers": ["198.18.0.2"], **bad}
+    with pytest.raises(SensorError):
+        birdconf.render(**args)
+
+
+@pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird (bird2) to parse configs")
+@pytest.mark.parametrize("hold", ["6", "default"])
+def test_rendered_configs_parse_with_bird(tmp_path: Path, hold: str) -> None:
+    ips = [f"198.18.0.{i}" for i in range(1, 6)]
+    for ip in ips:
+        out = tmp_path / f"{ip}.conf"
+        # the module entry point is what vagrant/ provisioning runs
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sensor.lab.birdconf",
+                "--local",
+                ip,
+                "--mesh",
+                *ips,
+                "--hold-time",
+                hold,
+                "--pod-block",
+                "198.19.1.0/26",
+                "-o",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert r.returncode == 0, r.stderr
+        p = subprocess.run(["bird", "-p", "-c", str(out)], capture_output=True, text=True)
+        assert p.returncode == 0, f"{out.read_text()}\n{p.stderr}"
+        assert out.read_text().count("protocol bgp Mesh_") == len(ips) - 1
+
+
+def test_birdconf_entry_point_rejects_bad_hold_time() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor.lab.birdconf",
+            "--local",
+            "198.18.0.1",
+            "--mesh",
+            "198.18.0.2",
+            "--hold-time",
+            "soon",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and "hold-time" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- parsers (pure)
+
+
+def test_parse_show_protocols() -> None:
+    text = """BIRD 2.0.12 ready.
+Name       Proto      Table      State  Since         Info
+device1    Device     ---        up     23:03:03.697
+Mesh_198_18_0_2 BGP        ---        start  23:03:10.648  Passive       BGP Error: Hold timer expired
+Mesh_198_18_0_4 BGP        ---        up     23:03:05.634  Established
+Mesh_198_18_0_9 BGP        ---        start  23:03:11.698  Active        Socket: No route to host
+"""
+    rows = {p.name: p for p in parse_show_protocols(text)}
+    assert set(rows) == {"device1", "Mesh_198_18_0_2", "Mesh_198_18_0_4", "Mesh_198_18_0_9"}
+    assert rows["Mesh_198_18_0_4"].established and not rows["Mesh_198_18_0_2"].established
+    assert rows["Mesh_198_18_0_2"].info == "Passive BGP Error: Hold timer expired"
+    assert rows["Mesh_198_18_0_9"].info == "Active Socket: No route to host"
+
+
+def test_parse_tcpdump_lines_tagged_and_untagged() -> None:
+    plain = (
+        "1790000000.123456 aa:bb:cc:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: "
+        "Request who-has 198.18.0.3 tell 198.18.0.5, length 28"
+    )
+    tagged = (
+        "1790000001.5 aa:bb:cc:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype 802.1Q (0x8100), length 46: "
+        "vlan 100, p 0, ethertype ARP (0x0806), Request who-has 198.18.0.4 tell 198.18.0.6, length 28"
+    )
+    reply = (
+        "1790000002.0 aa:bb:cc:00:00:03 > aa:bb:cc:00:00:01, ethertype ARP (0x0806), length 42: "
+        "Reply 198.18.0.3 is-at aa:bb:cc:00:00:03, length 28"
+    )
+    a, b, c = (parse_tcpdump_line(x) for x in (plain, tagged, reply))
+    assert a and (a.kind, a.target, a.sender, a.ts) == (
+        "Request",
+        "198.18.0.3",
+        "198.18.0.5",
+        1790000000.123456,
+    )
+    assert b and (b.kind, b.target, b.sender) == ("Request", "198.18.0.4", "198.18.0.6")
+    assert c and (c.kind, c.target) == ("Reply", "198.18.0.3")
+    assert parse_tcpdump_line("tcpdump: listening on br0") is None
+
+
+# ---- bad input: one line, right exit code, nothing built
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--nodes", "1"], "--nodes must be 2..254"),
+        (["--nodes", "7", "--prefix", "198.18.0.0/29"], "--nodes must be 2..6"),
+        (["--nodes", "3", "--prefix", "10.0.0.0/24"], "must lie inside 198.18.0.0/15"),
+        (["--nodes", "3", "--vlan", "5000"], "--vlan must be 1..4094"),
+        (["--nodes", "3", "--hold-time", "1"], "--hold-time must be 3..65535"),
+    ],
+)
+def test_lab_up_rejects_bad_input(args: list[str], needle: str) -> None:
+    name = unique_lab_name()
+    r = cli("lab", "up", "--name", name, *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert leftovers(name) == []
+
+
+def test_lab_bad_name_and_missing_lab() -> None:
+    r = cli("lab", "up", "--nodes", "3", "--name", "Bad-Name")
+    assert r.returncode == 2 and "bad name" in r.stderr
+    r = cli("lab", "status", "--name", unique_lab_name())
+    assert r.returncode == 2 and "no lab named" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_lab
+@pytest.mark.root
+def test_lab_up_without_bird_is_an_environment_error(tmp_path: Path) -> None:
+    # a PATH with `ip` but no bird
+    (tmp_path / "ip").symlink_to(shutil.which("ip"))
+    name = unique_lab_name()
+    r = cli("lab", "up", "--nodes", "3", "--name", name, env={**os.environ, "PATH": str(tmp_path)})
+    assert r.returncode == 3, r.stderr
+    assert "`bird` not found in PATH" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert leftovers(name) == []
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+def test_failed_build_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure midway (here: the third BIRD refuses to start) leaves nothing behind."""
+    started = []
+    real = Lab._start_bird
+
+    def flaky(self: Lab, n) -> None:  # type: ignore[no-untyped-def]
+        if len(started) == 2:
+            raise SensorError("lab: bird failed to start on n3: injected")
+        started.append(n.name)
+        real(self, n)
+
+    monkeypatch.setattr(Lab, "_start_bird", flaky)
+    name = unique_lab_name()
+    try:
+        with pytest.raises(SensorError, match="injected"):
+            Lab(name, 4).up()
+        assert started == ["n1", "n2"]
+        assert leftovers(name) == []
+    finally:
+        Lab.destroy(name)
+
+
+# ---- the shared 6-node mesh
+
+
+@pytest.fixture(scope="module")
+def shared_mesh(module_lab_factory) -> Lab:  # type: ignore[no-untyped-def]
+    return module_lab_factory(6, hold_time=HOLD, wait=60)
+
+
+@pytest.fixture
+def mesh(shared_mesh: Lab) -> Lab:
+    """The shared lab, every node on and every session Established (whatever the last test did)."""
+    lab = Lab.load(shared_mesh.name)  # the CLI may have changed node states behind our object
+    for n in lab.nodes:
+        if lab.state(n) != "up":
+            lab.revive(n) if lab.state(n) == "killed" else lab.start_bird(n)
+    lab.wait_established(30)
+    return lab
+
+
+def wait_for(pred, timeout: float, step: float = 0.3):  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > end:
+            return v
+        time.sleep(step)
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+def test_mesh_establishes_every_session(mesh: Lab) -> None:
+    st = mesh.status()
+    assert [r["node"] for r in st["nodes"]] == [f"n{i}" for i in range(1, 7)]
+    for row in st["nodes"]:
+        others = {birdconf.protocol_name(mesh.ip(o)) for o in mesh.nodes if o != row["node"]}
+        assert set(row["sessions"]) == others
+        assert row["established"] == row["expected"] == 5, row
+    # the BIRD in each node is Calico-shaped: the session to a higher IP is passive
+    conf = (mesh.dir / "n3.conf").read_text()
+    assert re.search(r"Mesh_198_18_0_4 from bgp_template \{[^}]*passive on", conf)
+    assert not re.search(r"Mesh_198_18_0_2 from bgp_template \{[^}]*passive on", conf)
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+def test_power_off_starts_arp_storm_for_exactly_the_dead_and_revival_ends_it(mesh: Lab) -> None:
+    dead = ["n2", "n3"]
+    dead_ips = {mesh.ip(n) for n in dead}
+    live = [n for n in mesh.nodes if n not in dead]
+    with mesh.arp_capture() as cap:
+        t_kill = time.time()
+        for n in dead:
+            mesh.kill(n)
+
+        # (a) every live BIRD loses both sessions with a hold-timer or socket error, keeps the others
+        def all_noticed() -> bool:
+            for n in live:
+                protos = mesh.protocols(n)
+                for d in dead:
+                    if protos[birdconf.protocol_name(mesh.ip(d))].established:
+                        return False
+            return True
+
+        assert wait_for(all_noticed, HOLD * 2 + 5), mesh.status()
+        for n in live:
+            protos = mesh.protocols(n)
+            for d in dead:
+                p = protos[birdconf.protocol_name(mesh.ip(d))]
+                assert re.search(r"Hold timer expired|Socket: |No route to host", p.info), (n, d, p)
+            assert sum(p.established for p in protos.values()) == len(live) - 1
+        # (b) the reconnect loop broadcasts ARP for the dead addresses, and only for them
+        t_noticed = time.time()
+        time.sleep(6)
+        storm = cap.requests(since=t_kill)
+        assert set(storm) == dead_ips, storm
+        assert all(storm[ip] >= 5 for ip in dead_ips), storm
+        askers = {f.sender for f in cap.frames if f.kind == "Request"}
+        assert askers <= {mesh.ip(n) for n in live} and len(askers) >= 2, askers
+        assert t_noticed - t_kill < HOLD * 2 + 5
+
+        # (c) revival: sessions come back, ARP for the revived nodes is answered and stops
+        for n in dead:
+            mesh.revive(n)
+        mesh.wait_established(30)
+        time.sleep(2)
+        t_quiet = time.time()
+        time.sleep(4)
+        frames = [f for f in cap.frames if f.ts >= t_quiet]
+    requests = [f for f in frames if f.kind == "Request"]
+    unanswered = [
+        f
+        for f in requests
+        if not any(r.kind == "Reply" and r.target == f.target and 0 <= r.ts - f.ts < 1 for r in frames)
+    ]
+    assert unanswered == [], unanswered
+    assert len(requests) < min(storm.values()), (requests, storm)
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+def test_stop_bird_keeps_node_reachable(mesh: Lab) -> None:
+    """BIRD down but the host up: peers lose the session at once, the node still answers ARP."""
+    mesh.wait_established(30)
+    mesh.stop_bird("n5")
+    assert mesh.state("n5") == "bird-stopped"
+    assert wait_for(lambda: not mesh.protocols("n6")["Mesh_198_18_0_5"].established, 5)
+    r = subprocess.run(
+        mesh.exec_argv("n1", ["arping", "-c", "1", "-w", "2", "-i", "eth0", mesh.ip("n5")]),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    mesh.start_bird("n5")
+    assert mesh.state("n5") == "up"
+    mesh.wait_established(30)
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+def test_cli_status_exec_kill_revive_on_the_shared_lab(mesh: Lab) -> None:
+    r = cli("lab", "status", "--name", mesh.name, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert [n["state"] for n in st["nodes"]] == ["up"] * 6
+    r = cli("lab", "exec", "--name", mesh.name, "n4", "--", "ip", "-o", "-4", "addr", "show", "dev", "eth0")
+    assert r.returncode == 0 and f"inet {mesh.ip('n4')}/24" in r.stdout, r.stdout + r.stderr
+    # up twice with the same name: refused, and the running lab is untouched
+    r = cli("lab", "up", "--name", mesh.name, "--nodes", "3")
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = cli("lab", "kill", "--name", mesh.name, "n99")
+    assert r.returncode == 2 and "unknown node 'n99'" in r.stderr
+    assert all(os.path.exists(f"/run/netns/{mesh.netns(n)}") for n in mesh.nodes)
+    r = cli("lab", "kill", "--name", mesh.name, "6")  # by index
+    assert r.returncode == 0 and "n6 (198.18.0.6) powered off" in r.stderr
+    assert Lab.load(mesh.name).state("n6") == "killed"
+    r = cli("lab", "status", "--name", mesh.name)
+    assert re.search(r"^n6 .*killed", r.stdout, re.M), r.stdout
+    r = cli("lab", "revive", "--name", mesh.name, "198.18.0.6")  # by IP
+    assert r.returncode == 0, r.stderr
+    assert Lab.load(mesh.name).state("n6") == "up"
+    Lab.load(mesh.name).wait_established(30)
+
+
+# ---- teardown
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+def test_down_after_kill9_of_the_builder_leaves_nothing() -> None:
+    name = unique_lab_name()
+    code = f"from sensor.lab.lab import Lab; Lab({name!r}, 16).up(); import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        # strike mid-build: some nodes exist, BIRD is already running on at least one
+        assert wait_for(lambda: (STATE_ROOT / name / "n2.pid").exists(), 30, step=0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert any(x.startswith("netns") for x in leftovers(name))
+        r = cli("lab", "down", "--name", name)
+        assert r.returncode == 0, r.stderr
+        assert leftovers(name) == []
+        r = cli("lab", "down", "--name", name)  # idempotent
+        assert r.returncode == 0 and "nothing to remove" in r.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        Lab.destroy(name)
+
+
+def kernel_has_8021q() -> bool:
+    import gzip
+
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return any(line.startswith("CONFIG_VLAN_8021Q=") for line in f)
+    except OSError:
+        return True  # unknown: let the test try
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.skipif(kernel_has_8021q(), reason="checks the error path of kernels without 802.1Q")
+def test_vlan_lab_without_kernel_support_is_one_line_and_rolled_back() -> None:
+    name = unique_lab_name()
+    r = cli("lab", "up", "--name", name, "--nodes", "3", "--vlan", "100")
+    assert r.returncode == 3 and "CONFIG_VLAN_8021Q" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert leftovers(name) == []
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.skipif(not kernel_has_8021q(), reason="this kernel has no 802.1Q support (CONFIG_VLAN_8021Q)")
+def test_vlan_lab_carries_tagged_arp_and_down_removes_it(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab = lab_factory(3, vlan=100, hold_time=3)
+    out = subprocess.run(
+        lab.exec_argv("n2", ["ip", "-d", "-o", "link", "show", "eth0.100"]), capture_output=True, text=True
+    ).stdout
+    assert "vlan protocol 802.1Q id 100" in out
+    cap = lab.arp_capture()
+    cap.argv[-1] = "vlan and arp"  # only tagged frames
+    with cap:
+        lab.kill("n1")
+        assert wait_for(lambda: cap.requests().get(lab.ip("n1"), 0) >= 2, 15)
+    r = cli("lab", "down", "--name", lab.name)
+    assert r.returncode == 0 and leftovers(lab.name) == []
