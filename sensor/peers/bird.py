@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024
 
-_CODE_LINE = re.compile(rb"^(\d{4})([ -])(.*)$", re.DOTALL)
 _TIME = re.compile(r"^\d{1,2}:\d{2}:\d{2}(\.\d+)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Calico's names for BGP peers: Mesh_10_0_0_7, Node_10_0_0_7, Global_10_0_0_7 (maybe a _port_N suffix).
@@ -104,15 +103,15 @@ class BirdProtocol:
 
 def parse_line(raw: bytes, prev_code: int | None) -> ReplyLine:
     """One line (without the newline) of a reply; `prev_code` is the code a ` ` continuation inherits."""
-    if raw.startswith(b" "):
+    if raw[:1] == b" ":
         if prev_code is None:
             raise BirdProtocolError("continuation line before any reply code")
         return ReplyLine(prev_code, raw[1:].decode("utf-8", "replace"))
-    m = _CODE_LINE.match(raw)
-    if not m:
-        shown = raw[:40].decode("ascii", "backslashreplace")
-        raise BirdProtocolError(f"not a BIRD reply line: {shown!r}")
-    return ReplyLine(int(m.group(1)), m.group(3).decode("utf-8", "replace"), final=m.group(2) == b" ")
+    sep = raw[4:5]
+    if (sep == b"-" or sep == b" ") and raw[:4].isdigit():  # bytes.isdigit: ASCII digits only
+        return ReplyLine(int(raw[:4]), raw[5:].decode("utf-8", "replace"), sep == b" ")
+    shown = raw[:40].decode("ascii", "backslashreplace")
+    raise BirdProtocolError(f"not a BIRD reply line: {shown!r}")
 
 
 class ReplyReader:
@@ -134,21 +133,20 @@ class ReplyReader:
         if self.size > MAX_REPLY_BYTES:
             raise BirdProtocolError(f"reply larger than {MAX_REPLY_BYTES} bytes")
         self._buf += data
-        start = 0
-        while True:
-            nl = self._buf.find(b"\n", start)
-            if nl < 0:
-                break
-            line = parse_line(bytes(self._buf[start:nl]), self._prev)
-            start = nl + 1
-            self._prev = line.code
-            self.lines.append(line)
-            if line.final:
-                self.done = True
-                if start != len(self._buf):
-                    raise BirdProtocolError("bytes after the end of a reply")
-                break
-        del self._buf[:start]
+        if b"\n" in data:
+            *complete, rest = self._buf.split(b"\n")
+            self._buf = bytearray(rest)
+            prev, out = self._prev, self.lines
+            for i, raw in enumerate(complete):
+                line = parse_line(raw, prev)
+                prev = line.code
+                out.append(line)
+                if line.final:
+                    self.done = True
+                    if i != len(complete) - 1 or rest:
+                        raise BirdProtocolError("bytes after the end of a reply")
+                    break
+            self._prev = prev
         if len(self._buf) > MAX_LINE_BYTES:
             raise BirdProtocolError(f"reply line longer than {MAX_LINE_BYTES} bytes")
 
