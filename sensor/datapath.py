@@ -108,9 +108,9 @@ class Datapath:
             os.dup2(errf.fileno(), 2)
             try:
                 self.bpf = BPF(src_file=str(PROGRAM).encode(), cflags=cflags)
-                self.fn_xdp = self.bpf.load_func(PROG_XDP, BPF.XDP)
-                self.fn_tc_in = self.bpf.load_func(PROG_TC_IN, BPF.SCHED_CLS)
-                self.fn_tc_eg = self.bpf.load_func(PROG_TC_EG, BPF.SCHED_CLS)
+                self.fn_xdp = self.bpf.load_func(PROG_XDP.encode(), BPF.XDP)
+                self.fn_tc_in = self.bpf.load_func(PROG_TC_IN.encode(), BPF.SCHED_CLS)
+                self.fn_tc_eg = self.bpf.load_func(PROG_TC_EG.encode(), BPF.SCHED_CLS)
             except Exception as e:
                 os.dup2(saved, 2)
                 errf.seek(0)
