@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from sensor import bpfsys
 from sensor import frames as F
-from sensor.reader import MapReader
+from sensor.reader import MapReader, pair_totals, target_totals
 from sensor.refparse import ARP_LEN, TARGET_FIELD, classify
 from tests.fixtures_netns import needs_root
 
@@ -41,12 +41,12 @@ KINDS = ("requests", "replies", "gratuitous", "probes")
 def dp():
     from sensor.datapath import Datapath
 
-    return Datapath(max_targets=MAP_SIZE, max_pairs=MAP_SIZE)
+    return Datapath(max_entries=MAP_SIZE)
 
 
 @pytest.fixture(scope="module")
 def reader(dp):
-    return MapReader(*dp.map_fds, READ_MAX, READ_MAX)
+    return MapReader(*dp.map_fds, READ_MAX)
 
 
 # -- strategies ---------------------------------------------------------------------------------------
@@ -144,10 +144,9 @@ class Harness:
         self.kinds: Counter = Counter()
 
     def reset_maps(self) -> None:
-        for name in (b"targets", b"pairs"):
-            for _ in self.dp.bpf[name].items_lookup_and_delete_batch():
-                pass
-        assert not self.reader.read_targets() and not self.reader.read_pairs()
+        for _ in self.dp.bpf[b"arp_counts"].items_lookup_and_delete_batch():
+            pass
+        assert not self.reader.read_entries()
 
     def run_batch(self, entry: str, frames: list[bytes]) -> None:
         attr, retval, direction = ENTRY_POINTS[entry]
@@ -156,6 +155,7 @@ class Harness:
         h_start = prev = self.reader.read_health()
         want_targets: dict[tuple[str, int], Counter] = {}
         want_pairs: Counter = Counter()
+        want_entries: set = set()  # one map entry per (ip, peer, vlan, kind)
         for frame in frames:
             v = classify(frame)
             self.frames += 1
@@ -171,31 +171,32 @@ class Harness:
             assert res.retval == retval
             assert res.data_out[:len(frame)] == frame[:len(res.data_out)], "the program modified a frame"
             cur = self.reader.read_health()
-            moved = {k: cur[k] - prev[k] for k in cur if cur[k] != prev[k] and not k.endswith("_inserts")}
+            moved = {k: cur[k] - prev[k] for k in cur if cur[k] != prev[k] and k != "inserts"}
             assert moved == dict(Counter(v.health)), f"{entry} frame {frame[:64].hex()}: kernel {moved}, reference {v}"
             prev = cur
             self.kinds[v.health[-1] if v.health else "ignored"] += 1
             if v.kind:
                 want_targets.setdefault((v.ip, v.vlan), Counter())[TARGET_FIELD[v.kind]] += 1
+                want_entries.add((v.ip, v.pair[0] if v.pair else "0.0.0.0", v.vlan, v.kind))
             if v.pair:
                 want_pairs[(*v.pair, v.vlan)] += 1
 
+        entries = self.reader.read_entries()
         got_targets: dict[tuple[str, int], Counter] = {}
-        for (_ifindex, ip, vlan, d), val in self.reader.read_targets().items():
+        for (_ifindex, ip, vlan, d), val in target_totals(entries).items():
             assert d == direction
             got_targets[(ip, vlan)] = Counter({k: n for k, n in zip(KINDS, val[:4], strict=True) if n})
         assert got_targets == want_targets
         got_pairs = Counter()
-        for (_ifindex, s, t, vlan, d), (n, _first) in self.reader.read_pairs().items():
+        for (_ifindex, s, t, vlan, d), n in pair_totals(entries).items():
             assert d == direction
             got_pairs[(s, t, vlan)] = n
         assert got_pairs == want_pairs
         # Every key was created exactly once, and nothing was evicted or refused by the map.
         h_end = self.reader.read_health()
-        assert h_end["target_inserts"] - h_start["target_inserts"] == len(want_targets)
-        assert h_end["pair_inserts"] - h_start["pair_inserts"] == len(want_pairs)
-        assert h_end["target_insert_fail"] == h_start["target_insert_fail"]
-        assert h_end["pair_insert_fail"] == h_start["pair_insert_fail"]
+        assert len(entries) == len(want_entries)
+        assert h_end["inserts"] - h_start["inserts"] == len(want_entries)
+        assert h_end["insert_fail"] == h_start["insert_fail"]
 
 
 def test_kernel_matches_the_reference_parser(dp, reader):
