@@ -1,12 +1,20 @@
 """Per-packet cost of the kernel program: BPF_PROG_TEST_RUN ns/packet of an empty XDP program (the
-floor: what the kernel's test-run loop itself costs) against ours, on the frames that matter.
+floor: what the kernel's test-run loop itself costs) against ours (XDP, tc ingress, tc egress), on the
+frames that matter, with 1, 10k and 100k distinct entries already in the map. Then "where the time
+goes": the ARP path rebuilt step by step (parse only, + the health array, + the LRU hash lookup) and
+the alternatives that would close the gap, measured the same way.
 
-    python -m bench.prog_cost [--repeat N] [--runs N] [--no-write]
+    python -m bench.prog_cost [--repeat N] [--runs N] [--fills 1,10000,100000] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
 
 from bench.report import machine, median, table, write_section
 from sensor import bpfsys
@@ -22,37 +30,290 @@ FRAMES = {
     "ARP reply": F.arp_reply("198.18.0.7", "198.18.0.1"),
     "ARP request, 802.1Q": F.arp_request("198.18.0.1", "198.18.0.7", vlans=[(F.ETH_P_8021Q, 100)]),
 }
+ARP_FRAMES = [f for f in FRAMES if "non-ARP" not in f]
 TARGETS = {"non-ARP": 1.05, "ARP": 1.5}
+FILLS = (1, 10_000, 100_000)
+
+# The ARP-request path rebuilt step by step, and the alternatives. Each is a complete XDP program; the
+# parser mirrors ours (ethertype, bounds, hrd/pro/hln/pln, op, sender/target copied out).
+VARIANTS_SRC = r"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+
+struct vkey { u32 ifindex; u32 ip; u32 peer; u16 vlan; u8 dir; u8 kind; };
+struct vval { u64 count; u64 first_seen_ns; };
+BPF_TABLE("lru_percpu_hash", struct vkey, struct vval, m_lru, VMAX);
+BPF_TABLE("percpu_hash", struct vkey, struct vval, m_phash, VMAX);
+BPF_TABLE("lru_percpu_hash", u32, struct vval, m_lru4, VMAX);
+BPF_PERCPU_ARRAY(v_health, struct vval, 1);
+BPF_PERCPU_ARRAY(m_direct, struct vval, 65536);
+
+static __always_inline int parse(struct xdp_md *ctx, struct vkey *k)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_ARP))
+        return 0;
+    u8 *a = (u8 *)(eth + 1);
+    if ((void *)(a + 28) > end)
+        return 0;
+    if (a[0] != 0 || a[1] != 1 || a[2] != 8 || a[3] != 0 || a[4] != 6 || a[5] != 4)
+        return 0;
+    __builtin_memcpy(&k->peer, a + 14, 4);
+    __builtin_memcpy(&k->ip, a + 24, 4);
+    k->ifindex = ctx->ingress_ifindex;
+    k->kind = a[7] == 1 ? 0 : 1;
+    return 1;
+}
+
+static __always_inline void bump_health(void)
+{
+    u32 zero = 0;
+    struct vval *h = v_health.lookup(&zero);
+    if (h)
+        h->count += 1;
+}
+
+int v_parse(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    /* The comparison keeps the parse from being optimised away; no frame matches it. */
+    if (parse(ctx, &k) && (k.ip ^ k.peer) == 0xdeadbeef)
+        return XDP_DROP;
+    return XDP_PASS;
+}
+
+int v_parse_health(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    if (parse(ctx, &k)) {
+        bump_health();
+        if ((k.ip ^ k.peer) == 0xdeadbeef)
+            return XDP_DROP;
+    }
+    return XDP_PASS;
+}
+
+int v_call(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    if (parse(ctx, &k)) {
+        bump_health();
+        /* One call into a trivial kernel function: the price of a call and its return here. */
+        if ((k.ip ^ k.peer ^ bpf_get_numa_node_id()) == 0xdeadbeef)
+            return XDP_DROP;
+    }
+    return XDP_PASS;
+}
+
+int v_lru(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    if (parse(ctx, &k)) {
+        bump_health();
+        struct vval *v = m_lru.lookup(&k);
+        if (v) {
+            v->count += 1;
+        } else {
+            struct vval init = { .count = 1 };
+            m_lru.update(&k, &init);
+        }
+    }
+    return XDP_PASS;
+}
+
+int v_lru_only(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    k.ip = 0x0700000a;
+    struct vval *v = m_lru.lookup(&k);
+    if (v) {
+        v->count += 1;
+    } else {
+        struct vval init = { .count = 1 };
+        m_lru.update(&k, &init);
+    }
+    return XDP_PASS;
+}
+
+int v_lru4(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    if (parse(ctx, &k)) {
+        bump_health();
+        u32 ip = k.ip;
+        struct vval *v = m_lru4.lookup(&ip);
+        if (v) {
+            v->count += 1;
+        } else {
+            struct vval init = { .count = 1 };
+            m_lru4.update(&ip, &init);
+        }
+    }
+    return XDP_PASS;
+}
+
+int v_phash(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    if (parse(ctx, &k)) {
+        bump_health();
+        struct vval *v = m_phash.lookup(&k);
+        if (v) {
+            v->count += 1;
+        } else {
+            struct vval init = { .count = 1 };
+            m_phash.update(&k, &init);
+        }
+    }
+    return XDP_PASS;
+}
+
+int v_direct(struct xdp_md *ctx)
+{
+    struct vkey k = {};
+    if (parse(ctx, &k)) {
+        bump_health();
+        /* Direct-mapped: slot = hash(target, sender); a real design would keep the key in the slot
+           and count collisions. No hashing of a 16-byte key, no bucket walk, no locks. */
+        u32 slot = ((k.ip ^ (k.peer * 2654435761u)) * 2654435761u) >> 16;
+        struct vval *v = m_direct.lookup(&slot);
+        if (v)
+            v->count += 1;
+    }
+    return XDP_PASS;
+}
+"""
+VARIANTS = [
+    ("v_parse", "parse only (no map)"),
+    ("v_parse_health", "parse + per-CPU array bump (health)"),
+    ("v_call", "parse + health + one trivial kernel call"),
+    ("v_lru", "parse + health + LRU per-CPU hash, 16-byte key (= ours)"),
+    ("v_lru_only", "LRU per-CPU hash lookup alone, no parse"),
+    ("v_lru4", "parse + health + LRU per-CPU hash, 4-byte key"),
+    ("v_phash", "parse + health + plain per-CPU hash (no LRU)"),
+    ("v_direct", "parse + health + direct-mapped per-CPU array"),
+]
 
 
-def measure(repeat: int, runs: int) -> list[dict]:
+def _fill_frame(i: int) -> bytes:
+    """The i-th distinct (target, sender) pair, all inside 198.18.0.0/15 and none equal to the measured
+    keys (198.18.0.x)."""
+    tpa = f"198.19.{(i >> 8) & 0xFF}.{i & 0xFF}"
+    spa = f"198.18.{1 + (i >> 16)}.1"
+    return F.arp_request(spa, tpa)
+
+
+def prefill(prog_fd: int, start: int, stop: int) -> None:
+    """Creates map entries [start, stop) by running the real program once per distinct frame."""
+    for i in range(start, stop):
+        bpfsys.prog_test_run(prog_fd, _fill_frame(i), repeat=1)
+
+
+def map_entries(map_fd: int, key_size: int, value_size: int, max_entries: int) -> int:
+    return bpfsys.map_lookup_batch(map_fd, key_size, value_size, max_entries, percpu=True)[2]
+
+
+def interleaved(progs: dict[str, int], frame: bytes, repeat: int, runs: int) -> dict[str, float]:
+    """Median ns/packet per program; programs interleaved run by run so drift (turbo, noisy
+    neighbours) hits all alike."""
+    samples: dict[str, list[float]] = {p: [] for p in progs}
+    for _ in range(runs):
+        for pname, fd in progs.items():
+            samples[pname].append(bpfsys.prog_test_run(fd, frame, repeat=repeat).duration_ns)
+    return {p: median(s) for p, s in samples.items()}
+
+
+def measure(repeat: int, runs: int, fills: tuple[int, ...] = FILLS,
+            log: Callable[[str], None] = print) -> list[dict]:
     from bcc import BPF
 
     from sensor.datapath import Datapath
+    from sensor.layout import ARP_KEY, ARP_VAL
 
     empty = BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP)
-    dp = Datapath()
-    progs = {"empty XDP": empty.fd, "arp-sensor XDP": dp.fn_xdp.fd, "arp-sensor tc egress": dp.fn_tc_eg.fd}
+    # Room for the largest fill with slack: an LRU map starts evicting before it is completely full
+    # (per-CPU free lists), and we want N live entries, not N inserts.
+    max_entries = max(1024, 1 << (2 * max(fills) - 1).bit_length())
+    dp = Datapath(max_entries=max_entries)
+    map_fd = dp.map_fds[0]
+    progs = {"empty XDP": empty.fd, "arp-sensor XDP": dp.fn_xdp.fd, "arp-sensor tc ingress": dp.fn_tc_in.fd,
+             "arp-sensor tc egress": dp.fn_tc_eg.fd}
     rows = []
-    for fname, frame in FRAMES.items():
-        # Interleave the programs run by run so drift (turbo, noisy neighbours) hits all alike.
-        samples: dict[str, list[float]] = {p: [] for p in progs}
-        for _ in range(runs):
-            for pname, fd in progs.items():
-                samples[pname].append(bpfsys.prog_test_run(fd, frame, repeat=repeat).duration_ns)
-        base = median(samples["empty XDP"])
-        for pname in progs:
-            ns = median(samples[pname])
-            rows.append({"frame": fname, "program": pname, "ns": ns, "ratio": ns / base if base else float("nan")})
+    filled = 0
+    for fill in sorted(fills):
+        # The measured frames create their own entries on their first run; the rest are distinct pairs.
+        t0 = time.monotonic()
+        prefill(dp.fn_xdp.fd, filled, max(0, fill - 1))
+        filled = max(filled, fill - 1)
+        for frame in FRAMES.values():  # their own entries, so `live` counts what the runs below see
+            for fd in progs.values():
+                bpfsys.prog_test_run(fd, frame)
+        live = map_entries(map_fd, ARP_KEY.size, ARP_VAL.size, max_entries)
+        log(f"prog_cost: {live} entries in the map ({time.monotonic() - t0:.1f} s to fill)")
+        for fname, frame in FRAMES.items():
+            if fill != min(fills) and fname not in ARP_FRAMES:
+                continue  # non-ARP frames touch no map: the fill cannot matter to them
+            ns = interleaved(progs, frame, repeat, runs)
+            base = ns["empty XDP"]
+            for pname in progs:
+                rows.append({"fill": fill, "entries": live, "frame": fname, "program": pname, "ns": ns[pname],
+                             "ratio": ns[pname] / base if base else float("nan")})
     return rows
 
 
-def render(rows: list[dict], repeat: int, runs: int) -> str:
+def measure_variants(repeat: int, runs: int, fill: int) -> list[dict]:
+    """The ARP-request path decomposed, each variant with `fill` entries in its map."""
+    from bcc import BPF
+
+    vmax = max(1024, 1 << (2 * fill - 1).bit_length())
+    b = BPF(text=VARIANTS_SRC.encode(), cflags=[f"-DVMAX={vmax}"])
+    progs = {"empty XDP": BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP).fd}
+    for fn, _label in VARIANTS:
+        progs[fn] = b.load_func(fn.encode(), BPF.XDP).fd
+    for fn in ("v_lru", "v_lru4", "v_phash"):
+        prefill(progs[fn], 0, max(0, fill - 1))
+    frame = FRAMES["ARP request"]
+    ns = interleaved(progs, frame, repeat, runs)
+    base = ns["empty XDP"]
+    info = xlated_info(progs)
+    labels = dict(VARIANTS, **{"empty XDP": "empty XDP (floor)"})
+    return [{"variant": p, "label": labels[p], "ns": v, "ratio": v / base if base else float("nan"),
+             "added": v - base, **info.get(p, {})} for p, v in ns.items()]
+
+
+def xlated_info(progs: dict[str, int]) -> dict[str, dict]:
+    """Instruction count after the verifier's rewrites, and the kernel functions each program calls
+    (an inlined map lookup shows no call), from `bpftool prog dump xlated`."""
+    out: dict[str, dict] = {}
+    for name, fd in progs.items():
+        try:
+            pid = bpfsys.prog_id_by_fd(fd)
+            r = subprocess.run(["bpftool", "-j", "prog", "dump", "xlated", "id", str(pid)],
+                               capture_output=True, text=True, timeout=20, check=True)
+            insns = json.loads(r.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError, bpfsys.BpfError):
+            continue
+        calls = []
+        for ins in insns:
+            m = re.search(r"\bcall ([A-Za-z_]\w*)", ins.get("disasm", ""))
+            if m:
+                calls.append(m.group(1))
+        out[name] = {"insns": len(insns), "calls": calls}
+    return out
+
+
+def render(rows: list[dict], variants: list[dict], repeat: int, runs: int, vfill: int) -> str:
+    fills = sorted({r["fill"] for r in rows})
     lines = [
         "## Per-packet cost of the kernel program",
         "",
         f"`python -m bench.prog_cost` — BPF_PROG_TEST_RUN, {repeat:,} repetitions per run, median of {runs} runs, "
-        "programs interleaved run by run. Baseline: an empty XDP program (`return XDP_PASS`) in the same run.",
+        "programs interleaved run by run. Baseline: an empty XDP program (`return XDP_PASS`) in the same run. "
+        "The map is pre-filled through the program itself (one test run per distinct target/sender pair); "
+        "`fill` 1 means only the measured frames' own entries are in it. "
+        "Targets: non-ARP ≤ 1.05× empty, ARP ≤ 1.5× empty (judged on the XDP program; tc rows for reference), "
+        f"and ≤ {LINE_RATE_10G_NS:.1f} ns/frame (14.88 Mpps, 10 GbE line rate with 64-byte frames) per core.",
         f"Machine: {machine()}.",
         "",
     ]
@@ -62,22 +323,115 @@ def render(rows: list[dict], repeat: int, runs: int) -> str:
         verdict = ""
         if r["program"] == "arp-sensor XDP":
             target = TARGETS[kind]
-            verdict = f"≤ {target}×: {'met' if r['ratio'] <= target else 'missed'}"
+            rv = "met" if r["ratio"] <= target else "missed"
+            lv = "met" if r["ns"] <= LINE_RATE_10G_NS else "missed"
+            verdict = f"ratio ≤ {target}×: **{rv}**; line rate: {lv}"
         mpps = 1e3 / r["ns"] if r["ns"] else float("inf")
-        body.append([r["frame"], r["program"], f"{r['ns']:.1f}", f"{r['ratio']:.3f}×", f"{mpps:.1f}", verdict])
-    lines.append(table(["frame", "program", "ns/packet", "vs empty", "Mpps/core", "target"], body))
-    lines += ["", f"10 GbE line rate with 64-byte frames is 14.88 Mpps, {LINE_RATE_10G_NS:.1f} ns per frame per core."]
+        fill = f"{r['fill']:,} ({r['entries']:,} live)" if len(fills) > 1 else f"{r['fill']:,}"
+        body.append([fill, r["frame"], r["program"], f"{r['ns']:.1f}", f"{r['ratio']:.2f}×", f"{mpps:.1f}",
+                     verdict])
+    lines.append(table(["fill", "frame", "program", "ns/packet", "vs empty", "Mpps/core", "target"], body))
+    lines += ["", *summary(rows), ""]
+    if variants:
+        lines += where_the_time_goes(variants, vfill)
     return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> list[str]:
+    out = ["**Verdicts** (arp-sensor XDP, worst case over the fills):", ""]
+    for kind, target in TARGETS.items():
+        mine = [r for r in rows if r["program"] == "arp-sensor XDP"
+                and ("non-ARP" in r["frame"]) == (kind == "non-ARP")]
+        if not mine:
+            continue
+        worst = max(mine, key=lambda r: r["ratio"])
+        slowest = max(mine, key=lambda r: r["ns"])
+        out.append(f"- {kind} ≤ {target}× empty: **{'met' if worst['ratio'] <= target else 'missed'}** "
+                   f"(worst {worst['ratio']:.2f}×, {worst['frame']}, fill {worst['fill']:,}); "
+                   f"≥ 14.88 Mpps/core: **{'met' if slowest['ns'] <= LINE_RATE_10G_NS else 'missed'}** "
+                   f"(slowest {slowest['ns']:.1f} ns = {1e3 / slowest['ns']:.1f} Mpps).")
+    return out
+
+
+def where_the_time_goes(variants: list[dict], vfill: int) -> list[str]:
+    by = {v["variant"]: v for v in variants}
+    body = []
+    for v in variants:
+        calls = ", ".join(dict.fromkeys(v.get("calls", []))) or "none (inlined)"
+        body.append([v["label"], f"{v['ns']:.1f}", f"{v['ratio']:.2f}×", f"{v['added']:+.1f}",
+                     v.get("insns", "?"), calls])
+    lines = [
+        "### Where the time goes (ARP request)",
+        "",
+        f"The ARP path rebuilt one step at a time as separate XDP programs (same parser as ours), each with "
+        f"{vfill:,} entries in its map, measured in one interleaved run against the same empty program. "
+        "`insns` is the program after the verifier's rewrites and `calls` the kernel functions it still "
+        "calls (`bpftool prog dump xlated`); a map lookup the verifier inlines shows no call. This VM "
+        "exposes no hardware PMU (`perf stat -e cycles` is `<not supported>`), so `bpftool prog profile` "
+        "cannot count cycles here; timing the variants is the measurement.",
+        "",
+        table(["variant", "ns/packet", "vs empty", "added ns", "insns", "calls"], body),
+        "",
+    ]
+    need = {"empty XDP", "v_parse", "v_parse_health", "v_call", "v_lru", "v_lru4", "v_phash", "v_direct"}
+    if need <= by.keys():
+        ns = {k: v["ns"] for k, v in by.items()}
+        base = ns["empty XDP"]
+        budget = 0.5 * base
+        lru = ns["v_lru"] - ns["v_parse_health"]
+        call = ns["v_call"] - ns["v_parse_health"]
+        fits = ns["v_lru"] <= LINE_RATE_10G_NS
+        lines += [
+            f"Reading: the floor (empty program) is {base:.1f} ns, nearly all of it the test-run loop itself "
+            f"(context setup, the indirect call into the program, timing), so the 1.5× target leaves "
+            f"**{budget:.1f} ns** for everything the ARP path adds. Parsing adds {ns['v_parse'] - base:+.1f} ns "
+            f"and the health array {ns['v_parse_health'] - ns['v_parse']:+.1f} ns (the verifier inlines "
+            f"array lookups: no call). The LRU per-CPU hash lookup adds **{lru:+.1f} ns** on its own: it is "
+            "a real kernel call (`htab_lru_percpu_map_lookup_elem`: jhash of the key, bucket walk, key "
+            "compare, LRU reference bit, per-CPU pointer), and on this CPU every kernel call/return pays "
+            f"the speculative-execution mitigation (`spec_rstack_overflow: {_vuln('spec_rstack_overflow')}`, "
+            f"`spectre_v2: {_vuln('spectre_v2').split(';')[0]}`): a call into a trivial kernel function "
+            f"costs {call:+.1f} ns here. A 4-byte key instead of 16 saves only "
+            f"{ns['v_lru'] - ns['v_lru4']:.1f} ns and a plain per-CPU hash instead of LRU "
+            f"{ns['v_lru'] - ns['v_phash']:.1f} ns: the cost is the call and the hash-table walk, not the key "
+            "or the LRU bookkeeping. So **no parser tweak can reach 1.5× "
+            "while each ARP frame does a hash-map lookup**: the lookup alone is "
+            f"{lru / budget:.1f}× the budget. What would close the gap is to count without a hash-map call: "
+            f"a direct-mapped per-CPU array indexed by a multiplicative hash of (target, sender) costs "
+            f"{ns['v_direct']:.1f} ns ({by['v_direct']['ratio']:.2f}×; the lookup is inlined), at the price of "
+            "collisions — keep the key in the slot, count collisions in health, and fall back to the LRU "
+            "hash only for a colliding key, so the common storm case (few targets) never calls into the "
+            f"hash table. Against the absolute line-rate budget ({LINE_RATE_10G_NS:.1f} ns per 64-byte frame "
+            f"at 10 GbE) our ARP path at {ns['v_lru']:.1f} ns "
+            + ("fits on one core of this machine." if fits else
+               "does not fit on one core of this machine, while the direct-mapped array "
+               + ("would." if ns["v_direct"] <= LINE_RATE_10G_NS else "would not either.")),
+        ]
+    return lines
+
+
+def _vuln(name: str) -> str:
+    try:
+        with open(f"/sys/devices/system/cpu/vulnerabilities/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=2_000_000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--fills", default=",".join(str(f) for f in FILLS),
+                    help="comma-separated numbers of distinct entries in the map (default: %(default)s)")
+    ap.add_argument("--no-variants", action="store_true", help="skip the where-the-time-goes variants")
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     a = ap.parse_args(argv)
-    rows = measure(a.repeat, a.runs)
-    text = render(rows, a.repeat, a.runs)
+    fills = tuple(int(x) for x in a.fills.split(","))
+    rows = measure(a.repeat, a.runs, fills)
+    vfill = max(fills)
+    variants = [] if a.no_variants else measure_variants(a.repeat, a.runs, vfill)
+    text = render(rows, variants, a.repeat, a.runs, vfill)
     print(text)
     if not a.no_write:
         write_section("prog_cost", text)

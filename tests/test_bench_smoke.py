@@ -1,0 +1,69 @@
+"""Smoke versions of the benchmarks (tiny counts): they must run and produce sane structure, so they
+cannot rot. They assert nothing about speed and write nothing to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bench import report
+from tests.fixtures_netns import needs_root
+
+
+def _doc_state() -> tuple[bool, float, int]:
+    d = report.DOC
+    return (d.exists(), d.stat().st_mtime if d.exists() else 0.0, d.stat().st_size if d.exists() else 0)
+
+
+@pytest.fixture(autouse=True)
+def docs_untouched() -> Iterator[None]:
+    before = _doc_state()
+    yield
+    assert _doc_state() == before, "a smoke benchmark wrote docs/benchmarks.md"
+
+
+def test_discovery_finds_every_benchmark() -> None:
+    from bench.__main__ import discover
+
+    benches = discover()
+    for name in ("prog_cost",):
+        assert name in benches
+    assert "report" not in benches and "__main__" not in benches
+
+
+def test_unknown_benchmark_is_a_usage_error(capsys) -> None:
+    from bench.__main__ import main
+
+    assert main(["no_such_bench"]) == 2
+    assert "no benchmark" in capsys.readouterr().err
+
+
+def test_write_section_replaces_only_its_own_block(tmp_path) -> None:
+    doc = tmp_path / "b.md"
+    report.write_section("a", "A1", doc)
+    report.write_section("b", "B1", doc)
+    report.write_section("a", "A2", doc)
+    text = doc.read_text()
+    assert "A2" in text and "A1" not in text and "B1" in text
+    assert text.index("A2") < text.index("B1")
+
+
+@pytest.mark.root
+@needs_root
+def test_prog_cost_smoke() -> None:
+    from bench import prog_cost
+
+    rows = prog_cost.measure(repeat=50, runs=1, fills=(1, 40), log=lambda _m: None)
+    programs = {r["program"] for r in rows}
+    assert programs == {"empty XDP", "arp-sensor XDP", "arp-sensor tc ingress", "arp-sensor tc egress"}
+    assert {r["fill"] for r in rows} == {1, 40}
+    assert all(r["ns"] >= 0 for r in rows)
+    big = [r for r in rows if r["fill"] == 40]
+    assert big and all(r["entries"] >= 40 for r in big)  # the pre-fill really created distinct entries
+    variants = prog_cost.measure_variants(repeat=50, runs=1, fill=40)
+    assert {v["variant"] for v in variants} >= {"empty XDP", "v_lru", "v_direct"}
+    text = prog_cost.render(rows, variants, 50, 1, 40)
+    assert "## Per-packet cost" in text and "Where the time goes" in text
+    assert "met" in text or "missed" in text
+
