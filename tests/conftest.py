@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures_netns",
     "tests.fixtures_lab",
+    "tests.fixtures_schema",
 ]

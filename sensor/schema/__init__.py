@@ -1,0 +1,1 @@
+"""The published event schema (events.schema.json), shipped as package data."""
