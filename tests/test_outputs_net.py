@@ -144,6 +144,7 @@ def test_forward_delivers_with_event_time_and_tag(chunk):
             for ev in events:
                 d.emit(ev)
             wait_for(lambda: d.stats()[spec]["sent"] == 300, 10, "all events sent/acked")
+            wait_for(lambda: len(r.records()) == 300, 10, "all events received")
             st = d.stats()[spec]
         assert [validate_event(rec) for rec in r.records()] == events
         assert {e[0] for e in r.events} == {"arp.sensor"}
@@ -171,7 +172,9 @@ def test_receiver_down_at_start_then_up(kind):
         assert d.stats()[spec]["queued"] == 50 and not d.stats()[spec]["connected"]
         r = TcpLineReceiver(port) if kind == "tcp" else ForwardReceiver(port)
         try:
-            wait_for(lambda: d.stats()[spec]["sent"] == 50, 10, "backlog delivered once the receiver is up")
+            wait_for(lambda: d.stats()[spec]["sent"] == 50, 10, "backlog sent once the receiver is up")
+            # tcp counts 'sent' when the kernel took the bytes: wait for the receiver to have read them
+            wait_for(lambda: len(r.lines if kind == "tcp" else r.records()) == 50, 10, "backlog received")
             recs = r.lines if kind == "tcp" else [encode_json(x) for x in r.records()]
             got = parse_events(b"\n".join(recs))
             assert ids(got) == ids(events)
@@ -298,6 +301,7 @@ def test_several_outputs_at_once(tmp_path, syslog_ng):
             wait_for(lambda: all(s["sent"] == 40 for s in d.stats().values()), 10, "all outputs sent")
             health = d.health_counters()
         wait_for(lambda: len(syslog_ng.received()) == 40, 10, "syslog-ng")
+        wait_for(lambda: len(u.datagrams) == 40 and len(f.records()) == 40, 10, "udp and forward receivers")
         assert parse_events((tmp_path / "e.json").read_text()) == events
         assert parse_events(b"".join(u.datagrams)) == events
         assert f.records() == events

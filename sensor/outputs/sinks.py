@@ -322,6 +322,11 @@ class QueuedSink(Sink):
         if self._closing:
             timeout = max(0.05, min(timeout, self._deadline - time.monotonic()))
         s = socket.create_connection((host, port), timeout=timeout)
+        if s.getsockname() == s.getpeername():
+            # TCP simultaneous open onto itself: a local port nobody listens on, picked as our own
+            # ephemeral port. It would "deliver" to ourselves; treat it as the refusal it is.
+            s.close()
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "connected to itself (nobody listening)")
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         s.setblocking(False)
