@@ -141,3 +141,7 @@ def main() -> None:
 from sensor.lab.cli import lab  # noqa: E402
 
 cli.add_command(lab)
+
+from sensor.doctor import doctor  # noqa: E402
+
+cli.add_command(doctor)

@@ -342,3 +342,75 @@ def detach_stale(ifname: str) -> list[str]:
     finally:
         os.close(lock)
     return done
+
+
+# -- feature probe for `arp-sensor doctor` ----------------------------------------------------------------
+_PROBE_SRC = b"""
+BPF_HASH(probe_map, u32, u64, 8);
+int probe_xdp(struct xdp_md *ctx) { return XDP_PASS; }
+int probe_tc(struct __sk_buff *skb) { return 0; }
+"""
+
+
+def probe_features(ifname: str) -> dict[str, tuple[bool, str]]:
+    """Loads a tiny program with bcc and attaches it to `ifname` with XDP and tc clsact, then removes it;
+    exercises batch map reads. Run it only inside a throwaway network namespace (doctor does).
+    Returns {feature: (ok, detail)} for load, xdp, clsact, batch."""
+    out: dict[str, tuple[bool, str]] = {}
+    from bcc import BPF
+
+    from sensor import bpfsys
+
+    with tempfile.TemporaryFile() as errf:  # clang's diagnostics: keep the first error line only
+        saved = os.dup(2)
+        os.dup2(errf.fileno(), 2)
+        try:
+            b = BPF(text=_PROBE_SRC)
+            fx = b.load_func(b"probe_xdp", BPF.XDP)
+            ft = b.load_func(b"probe_tc", BPF.SCHED_CLS)
+            out["load"] = (True, "compiled and loaded a test program (XDP, SCHED_CLS)")
+        except Exception as e:
+            os.dup2(saved, 2)
+            errf.seek(0)
+            lines = [ln for ln in errf.read().decode(errors="replace").splitlines() if "error" in ln]
+            out["load"] = (False, lines[0].strip() if lines else str(e).strip().splitlines()[-1])
+            return out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    ifindex = ifindex_of(ifname)
+    for mode, flag in (("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)):
+        try:
+            BPF.attach_xdp(ifname, fx, XDP_FLAGS_UPDATE_IF_NOEXIST | flag)
+        except Exception as e:
+            out["xdp"] = (False, str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+            continue
+        attached = xdp_query(ifindex)[0]
+        BPF.remove_xdp(ifname, flag)
+        out["xdp"] = (bool(attached), f"attached and removed in {mode} mode (veth)" if attached
+                      else f"{mode} attach reported success but no program was attached")
+        break
+    from pyroute2 import IPRoute
+
+    try:
+        with IPRoute() as ipr:
+            ipr.tc("add", "clsact", ifindex)
+            ipr.tc("add-filter", "bpf", ifindex, TC_HANDLE, fd=ft.fd, name="probe_tc", parent=TC_PARENT_EGRESS,
+                   classid=1, direct_action=True, protocol=ETH_P_ARP, prio=TC_PRIO_BASE)
+            found = [f for f in tc_filters(ipr, ifindex, TC_PARENT_EGRESS) if f["prio"] == TC_PRIO_BASE]
+            ipr.tc("del", "clsact", ifindex)
+        out["clsact"] = (bool(found), "clsact qdisc and a bpf filter added and removed" if found
+                         else "filter add reported success but no filter was found")
+    except Exception as e:
+        out["clsact"] = (False, str(e))
+    try:
+        t = b[b"probe_map"]
+        for i in range(5):
+            t[t.Key(i)] = t.Leaf(i * 10)
+        _keys, values, n = bpfsys.map_lookup_batch(t.map_fd, 4, 8, 8)
+        got = sorted(int.from_bytes(values[i * 8:i * 8 + 8], "little") for i in range(n))
+        out["batch"] = (got == [0, 10, 20, 30, 40], f"BPF_MAP_LOOKUP_BATCH read {n} of 5 entries")
+    except Exception as e:
+        out["batch"] = (False, f"BPF_MAP_LOOKUP_BATCH: {e}")
+    b.cleanup()
+    return out
