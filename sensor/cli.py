@@ -145,3 +145,7 @@ cli.add_command(lab)
 from sensor.doctor import doctor  # noqa: E402
 
 cli.add_command(doctor)
+
+from sensor.demo import demo  # noqa: E402
+
+cli.add_command(demo)

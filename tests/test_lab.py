@@ -78,14 +78,10 @@ def test_protocol_names_and_passive_rule_follow_calico() -> None:
         "hold time 7;",
     ):
         assert line in conf
-    assert "hold time" not in birdconf.render("198.18.0.2", ["198.18.0.1"], hold_time=None).replace(
-        "# hold time", ""
-    )
+    assert "hold time" not in birdconf.render("198.18.0.2", ["198.18.0.1"], hold_time=None).replace("# hold time", "")
 
 
-@pytest.mark.parametrize(
-    "bad", [{"local_ip": "300.1.1.1"}, {"hold_time": 2}, {"asn": 0}, {"pod_block": "nope"}]
-)
+@pytest.mark.parametrize("bad", [{"local_ip": "300.1.1.1"}, {"hold_time": 2}, {"asn": 0}, {"pod_block": "nope"}])
 def test_renderer_rejects_bad_input(bad: dict) -> None:
     args = {"local_ip": "198.18.0.1", "peers": ["198.18.0.2"], **bad}
     with pytest.raises(SensorError):
@@ -327,9 +323,7 @@ def test_power_off_starts_arp_storm_for_exactly_the_dead_and_revival_ends_it(mes
             assert sum(p.established for p in protos.values()) == len(live) - 1
         # (b) the reconnect loop broadcasts ARP for the dead addresses, and only for them
         t_noticed = time.time()
-        assert wait_for(lambda: all(cap.requests(since=t_kill)[ip] >= 5 for ip in dead_ips), 30), (
-            cap.requests()
-        )
+        assert wait_for(lambda: all(cap.requests(since=t_kill)[ip] >= 5 for ip in dead_ips), 30), cap.requests()
         storm = cap.requests(since=t_kill)
         assert set(storm) == dead_ips, storm
         askers = {f.sender for f in cap.frames if f.kind == "Request"}
@@ -490,3 +484,24 @@ def test_vagrantfile_validates() -> None:
     assert subprocess.run(["bash", "-n", str(ROOT / "vagrant" / "provision.sh")]).returncode == 0
     assert "-m sensor.lab.birdconf" in (ROOT / "vagrant" / "provision.sh").read_text()
     assert "scripts/install-system.sh" in (ROOT / "vagrant" / "provision.sh").read_text()
+
+
+# ---- make demo
+
+
+@needs_lab
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.slow
+def test_demo_streams_json_and_names_the_dead_peer() -> None:
+    """A short `arp-sensor demo` (the same code as `make demo`): real sensor in n1, n2 powered off."""
+    r = cli("demo", "--nodes", "4", "--kill", "n2", "--before", "2", "--after", "14", timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    targets = {e["destination.ip"] for e in events if e["event.dataset"] == "arp_sensor.target"}
+    assert targets == {"198.18.0.2"}, targets
+    assert "<- n2, powered off" in r.stderr
+    assert "every powered-off peer (n2) is being asked for" in r.stderr
+    assert "Mesh_198_18_0_2 (n2): " in r.stderr  # BIRD's view of the dead peer in the summary
+    name = re.search(r"building lab (demo[0-9a-f]+)", r.stderr)
+    assert name and leftovers(name[1]) == []
