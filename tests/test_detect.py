@@ -7,6 +7,7 @@ import pytest
 from sensor.detect import DOWN_REACHABLE, HEALTHY, UNANSWERED, ZOMBIE, VerdictEngine
 from sensor.model import TargetWindow, WindowKey
 from sensor.peers import Peer
+from tests.fixtures_schema import validate_event
 
 W = 10.0  # verdict window, intervals of 1 s
 DEAD = "198.18.0.7"
@@ -39,7 +40,7 @@ def run(engine: VerdictEngine, book: Book, t0: int, seconds: int, make) -> list[
     out = []
     for t in range(t0, t0 + seconds):
         for e in engine.update(make(t), book, float(t)):
-            out.append((t, e))
+            out.append((t, validate_event(e)))
     return out
 
 

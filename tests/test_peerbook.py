@@ -14,10 +14,11 @@ from sensor.peers import PeerBook, peer_fields
 from sensor.peers.k8s import K8sNodesError, parse_nodes
 from sensor.peers.static import parse_peers
 from tests.fakebird import DATA, FakeBird
+from tests.fixtures_schema import validate_event
 
 
 def actions(events):
-    return [e["event"]["action"] for e in events]
+    return [validate_event(e)["event"]["action"] for e in events]
 
 
 @pytest.fixture
