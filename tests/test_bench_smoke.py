@@ -27,7 +27,7 @@ def test_discovery_finds_every_benchmark() -> None:
     from bench.__main__ import discover
 
     benches = discover()
-    for name in ("prog_cost",):
+    for name in ("prog_cost", "flood", "userspace"):
         assert name in benches
     assert "report" not in benches and "__main__" not in benches
 
@@ -67,3 +67,47 @@ def test_prog_cost_smoke() -> None:
     assert "## Per-packet cost" in text and "Where the time goes" in text
     assert "met" in text or "missed" in text
 
+
+
+@pytest.mark.root
+@needs_root
+def test_flood_smoke(tmp_path) -> None:
+    from bench import flood
+
+    r = flood.run_once(count=2000, ntargets=4, interval=0.3, workdir=tmp_path)
+    assert r.sent == 2000 and r.trafgen_s > 0 and r.window_s > r.trafgen_s
+    assert 0 < r.sensor_requests <= r.rx and 0 < r.tcpdump_captured <= r.rx
+    assert r.sensor_health >= r.sensor_requests
+    assert r.sensor_user_s >= 0 and r.xdp_mode in ("native", "generic")
+    text = flood.render([r], 2000, 4, 0.3)
+    assert "## Counting under flood" in text and "100.00% counted" in text
+
+
+def test_map_memory_formula() -> None:
+    from bench.userspace import map_bytes
+
+    m = {"type": "lru_percpu_hash", "bytes_key": 16, "bytes_value": 16, "max_entries": 32768}
+    # 16-byte buckets (power of two) + per entry 48 + 16 + 8 + 16 x CPUs
+    assert map_bytes(m, 2) == 32768 * (16 + 72 + 32)
+    assert map_bytes(m, 64) == 32768 * (16 + 72 + 1024)
+    assert map_bytes({"type": "percpu_array", "bytes_key": 4, "bytes_value": 88, "max_entries": 1}, 4) == 8 + 88 * 4
+    assert map_bytes({"type": "ringbuf", "bytes_key": 0, "bytes_value": 0, "max_entries": 4096}, 2) is None
+
+
+@pytest.mark.root
+@needs_root
+def test_userspace_smoke() -> None:
+    from bench import userspace
+
+    for shape, targets in (("targets", 200), ("pairs", 4)):
+        r = userspace.child(200, shape, intervals=2)
+        assert len(r["rounds"]) == 2 and r["hwm_kb"] > 0
+        for rnd in r["rounds"]:
+            # every entry was touched once more: 200 live entries, one request each, all active
+            assert (rnd["entries"], rnd["windows"], rnd["requests"]) == (200, targets, 200)
+    mem = userspace.kernel_memory()
+    counts = next(m for m in mem if m["name"] == "arp_counts")
+    # the formula matches this kernel's own accounting up to the fixed map header
+    assert 0 <= counts["reported_here"] - counts["computed_here"] < 4096
+    text = userspace.render([r], mem, 2)
+    assert "## Userspace scaling" in text and "64 CPUs" in text
