@@ -43,6 +43,8 @@ struct arp_eth_ipv4 {
 
 BPF_TABLE("lru_percpu_hash", struct arp_key, struct arp_val, arp_counts, ARP_SENSOR_MAX_ENTRIES);
 BPF_PERCPU_ARRAY(health, struct health_counters, 1);
+BPF_HASH(limits, struct limit_key, struct limit_val, ARP_SENSOR_MAX_LIMITS);
+BPF_ARRAY(limits_active, struct limits_active, 1);
 
 static __always_inline struct health_counters *health_get(void)
 {
@@ -116,20 +118,76 @@ static __always_inline __u16 parse_vlans(struct hdr_cursor *nh, void *data_end, 
 	return h_proto;
 }
 
-static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __u32 ifindex, __u8 dir,
-				       __u16 vlan)
+/* Token bucket for a request to k->ip; returns 1 to drop. See struct limit_val for the arithmetic
+ * and the locking choice. Everything before the hash lookup is one array read: hosts without limits
+ * (the default) pay only that, and only for ARP requests. */
+static __always_inline int limit_request(struct arp_key *k, struct health_counters *h)
+{
+	__u32 zero = 0;
+	struct limits_active *active = limits_active.lookup(&zero);
+
+	if (!active || active->count == 0)
+		return 0;
+	struct limit_key lk = {};
+
+	lk.ifindex = k->ifindex;
+	lk.ip = k->ip;
+	lk.dir = k->dir;
+	struct limit_val *l = limits.lookup(&lk);
+
+	if (!l)
+		return 0;
+	__u64 now = bpf_ktime_get_ns(); /* no helper calls while the lock is held */
+	int drop = 0, dry = 0;
+
+	bpf_spin_lock(&l->lock);
+	if (now >= l->expires_ns) { /* fail-open: the sensor stopped refreshing it */
+		bpf_spin_unlock(&l->lock);
+		return 0;
+	}
+	/* A CPU that read the clock before another one took the lock sees now < last: no refill, and
+	 * last never goes backwards. */
+	if (now > l->last_refill_ns) {
+		__u64 cap = l->burst * l->cost_ns;
+		__u64 room = l->tokens_ns < cap ? cap - l->tokens_ns : 0;
+		__u64 add = now - l->last_refill_ns;
+
+		l->tokens_ns = add >= room ? cap : l->tokens_ns + add;
+		l->last_refill_ns = now;
+	}
+	if (l->tokens_ns >= l->cost_ns) {
+		l->tokens_ns -= l->cost_ns;
+		l->passed += 1;
+	} else if (l->flags & LIMIT_F_DRY_RUN) {
+		l->would_drop += 1; /* no token spent: the same arithmetic as enforce would see */
+		dry = 1;
+	} else {
+		l->dropped += 1;
+		drop = 1;
+	}
+	bpf_spin_unlock(&l->lock);
+	if (drop)
+		h->ratelimit_dropped += 1;
+	else if (dry)
+		h->ratelimit_would_drop += 1;
+	return drop;
+}
+
+/* Counts the frame; returns 1 when a rate limit says drop it (ARP requests only). */
+static __always_inline int handle_arp(struct hdr_cursor *nh, void *data_end, __u32 ifindex, __u8 dir,
+				      __u16 vlan)
 {
 	struct arp_eth_ipv4 *arp = nh->pos;
 	struct health_counters *h = health_get();
 
 	if (!h) /* cannot happen for an array map; the verifier wants the check */
-		return;
+		return 0;
 	h->arp += 1;
 	/* Padding after the 28 bytes (60-byte minimum frames) is normal; less than 28 is not. */
 	if ((void *)(arp + 1) > data_end || arp->hrd != ARPHRD_ETHER_BE || arp->pro != ETH_P_IP_BE ||
 	    arp->hln != 6 || arp->pln != 4) {
 		h->malformed += 1;
-		return;
+		return 0;
 	}
 
 	__u16 op = bpf_ntohs(arp->op);
@@ -140,7 +198,7 @@ static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __
 
 	if (op != ARPOP_REQUEST && op != ARPOP_REPLY) {
 		h->other_op += 1;
-		return;
+		return 0;
 	}
 
 	struct arp_key k = {};
@@ -170,6 +228,11 @@ static __always_inline void handle_arp(struct hdr_cursor *nh, void *data_end, __
 		k.ip = spa;
 	}
 	count(&k, h);
+	/* Counted first: a dropped request still shows in the sensor's counts (the verdict that caused
+	 * the limit must not clear because the limit works). */
+	if (k.kind == ARP_KIND_REQUEST)
+		return limit_request(&k, h);
+	return 0;
 }
 
 /* Moves the cursor to the ARP header and returns 1 if the frame is ARP (after at most two VLAN tags). */
@@ -197,14 +260,15 @@ int arpsensor_xdp(struct xdp_md *ctx)
 	struct hdr_cursor nh = { .pos = (void *)(long)ctx->data };
 	__u16 vlan = 0;
 
-	if (find_arp(&nh, data_end, &vlan, 0))
-		handle_arp(&nh, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan);
+	if (find_arp(&nh, data_end, &vlan, 0) &&
+	    handle_arp(&nh, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan))
+		return XDP_DROP; /* an ingress limit: protects this host only, the switch already carried it */
 	return XDP_PASS;
 }
 
 /* tc: the outer VLAN tag may already be in skb metadata (rx untagging, tx offload), so it is read from
  * there first. TC_ACT_UNSPEC lets the next filter in the chain run: we observe, we never decide for
- * someone else's filters. */
+ * someone else's filters (except to drop a rate-limited request). */
 static __always_inline int handle_skb(struct __sk_buff *skb, __u8 dir)
 {
 	void *data_end = (void *)(long)skb->data_end;
@@ -216,8 +280,10 @@ static __always_inline int handle_skb(struct __sk_buff *skb, __u8 dir)
 		vlan = skb->vlan_tci & VLAN_VID_MASK;
 		have_vlan = 1;
 	}
-	if (find_arp(&nh, data_end, &vlan, have_vlan))
-		handle_arp(&nh, data_end, skb->ifindex, dir, vlan);
+	/* TC_ACT_SHOT only for a request beyond its limit's bucket: on egress that frame never reaches
+	 * the switch (the point of limiting); on ingress it only spares this host. */
+	if (find_arp(&nh, data_end, &vlan, have_vlan) && handle_arp(&nh, data_end, skb->ifindex, dir, vlan))
+		return TC_ACT_SHOT;
 	return TC_ACT_UNSPEC;
 }
 

@@ -56,6 +56,55 @@ struct health_counters {
 	__u64 vlan_too_deep;      /* a third VLAN tag: not parsed further */
 	__u64 inserts;            /* new map entries (inserts minus live entries = evictions) */
 	__u64 insert_fail;        /* map update failed: classified and counted here, not per entry */
+	__u64 ratelimit_dropped;   /* ARP requests dropped by a rate limit (enforce entries) */
+	__u64 ratelimit_would_drop; /* ARP requests a dry-run limit let through but enforce would drop */
+};
+
+/* Rate limits (docs/ratelimit.md). User space (sensor/limitmap.py) owns the entries; the kernel only
+ * spends tokens and counts. A plain (not LRU) hash: keys come from user space, never from the wire, and
+ * an entry must not vanish under a live limit. */
+#ifndef ARP_SENSOR_MAX_LIMITS
+#define ARP_SENSOR_MAX_LIMITS 4096
+#endif
+
+/* Entries apply to ARP requests only (not probes: RFC 5227 conflict detection must never be
+ * throttled; not gratuitous ARP or replies). The VLAN is not part of the key: verdicts are per IP and
+ * a target IP is unique within the L2 domains arp-sensor watches. */
+struct limit_key {
+	__u32 ifindex;
+	__u32 ip;   /* target of the requests, network byte order */
+	__u8 dir;   /* ARP_SENSOR_DIR_*: egress limits this host's own requests (what reaches the switch) */
+	__u8 pad[3];
+};
+
+#define LIMIT_F_DRY_RUN 1 /* count would_drop, pass everything */
+
+/* A token bucket. Tokens are fixed point in nanoseconds of credit: one request costs cost_ns
+ * (= 1e9 / rate), the bucket holds at most burst * cost_ns, and elapsed time refills it 1:1. So the
+ * per-packet arithmetic is adds and compares, with no multiplication that could overflow and no
+ * division. One bucket shared by all CPUs under bpf_spin_lock rather than per-CPU buckets: a per-CPU
+ * bucket lets N CPUs pass N x burst and N x rate, and a storm's requests are spread over CPUs by
+ * whichever CPU runs the sender (BIRD, the neighbour timer), so the limit would depend on the CPU
+ * count. The lock is only ever taken for a limited target, a few packets per second by design.
+ * Fail-open: an entry whose expires_ns (bpf_ktime_get_ns clock) has passed is ignored. */
+struct limit_val {
+	struct bpf_spin_lock lock;
+	__u32 flags;          /* LIMIT_F_* */
+	__u64 rate_mpps;      /* rate in milli-packets per second (informational: cost_ns is what counts) */
+	__u64 cost_ns;        /* credit one request costs: 1e9 / rate */
+	__u64 burst;          /* bucket depth in requests */
+	__u64 tokens_ns;      /* current credit, 0 .. burst * cost_ns */
+	__u64 last_refill_ns;
+	__u64 expires_ns;     /* ignored (pass, uncounted) from this time on */
+	__u64 dropped;        /* requests dropped (enforce) */
+	__u64 would_drop;     /* requests a dry-run entry would have dropped */
+	__u64 passed;         /* requests within the bucket */
+};
+
+/* limits_active[0]: how many entries the limits map holds, written by user space after each change.
+ * Checked before any hash lookup, so a host without limits pays one array read per ARP request. */
+struct limits_active {
+	__u64 count;
 };
 
 #endif /* ARP_SENSOR_H */

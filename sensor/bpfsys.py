@@ -12,10 +12,16 @@ from functools import cache
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+BPF_F_LOCK = 4  # update/lookup take the value's bpf_spin_lock
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -174,3 +180,77 @@ def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: i
         if got == 0:
             break
     return keys.raw[: key_size * total], values.raw[: vsize * total], total
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int, flags: int = 0) -> bytes | None:
+    """One element of a (not per-CPU) map, None when absent. flags=BPF_F_LOCK reads a value that holds
+    a bpf_spin_lock under that lock (a consistent copy)."""
+    attr = _attr()
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value_size)
+    _put(attr, 0, ctypes.c_uint32, map_fd)
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
+    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
+    _put(attr, 24, ctypes.c_uint64, flags)
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return vbuf.raw
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    """BPF_MAP_UPDATE_ELEM. Raises BpfError (E2BIG: map full, EEXIST/ENOENT with NOEXIST/EXIST)."""
+    attr = _attr()
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value, len(value))
+    _put(attr, 0, ctypes.c_uint32, map_fd)
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
+    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
+    _put(attr, 24, ctypes.c_uint64, flags)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(map_fd: int, key: bytes) -> bool:
+    """BPF_MAP_DELETE_ELEM; False when the key was not there."""
+    attr = _attr()
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    _put(attr, 0, ctypes.c_uint32, map_fd)
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, attr)
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_keys(map_fd: int, key_size: int, limit: int = 1 << 20) -> list[bytes]:
+    """Every key of a hash map (BPF_MAP_GET_NEXT_KEY walk): for small maps such as the limits."""
+    keys: list[bytes] = []
+    prev: ctypes.Array | None = None
+    while len(keys) < limit:
+        attr = _attr()
+        nbuf = ctypes.create_string_buffer(key_size)
+        _put(attr, 0, ctypes.c_uint32, map_fd)
+        _put(attr, 8, ctypes.c_uint64, ctypes.addressof(prev) if prev is not None else 0)
+        _put(attr, 16, ctypes.c_uint64, ctypes.addressof(nbuf))
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+        except BpfError as e:
+            if e.errno == errno.ENOENT:
+                break
+            raise
+        keys.append(nbuf.raw)
+        prev = nbuf
+    return keys
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd for a loaded program (e.g. one still attached after its loader died). Caller closes."""
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, prog_id)
+    return _bpf(BPF_PROG_GET_FD_BY_ID, attr)

@@ -127,6 +127,11 @@ class Datapath:
     def map_fds(self) -> tuple[int, int]:
         return (self.bpf[b"arp_counts"].map_fd, self.bpf[b"health"].map_fd)
 
+    @property
+    def limit_fds(self) -> tuple[int, int]:
+        """(limits hash, limits_active array): written by sensor.limitmap.LimitMap."""
+        return (self.bpf[b"limits"].map_fd, self.bpf[b"limits_active"].map_fd)
+
     # -- attach ------------------------------------------------------------------------------------
     def attach(self, ifname: str, attach: str = "both", xdp_mode: str = "auto") -> Attachment:
         ifindex = ifindex_of(ifname)

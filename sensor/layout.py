@@ -22,6 +22,16 @@ ARP_VAL = struct.Struct("<2Q")
 KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE = 0, 1, 2, 3
 DEFAULT_MAX_ENTRIES = 32768
 
+# struct limit_key {u32 ifindex; be32 ip; u8 dir; u8 pad[3];}
+LIMIT_KEY = struct.Struct("<I4sB3x")
+# struct limit_val {bpf_spin_lock lock; u32 flags; u64 rate_mpps, cost_ns, burst, tokens_ns, last_refill_ns,
+#                   expires_ns, dropped, would_drop, passed;}
+LIMIT_VAL = struct.Struct("<4xI9Q")
+LIMIT_FIELDS = ("flags", "rate_mpps", "cost_ns", "burst", "tokens_ns", "last_refill_ns", "expires_ns",
+                "dropped", "would_drop", "passed")
+LIMIT_F_DRY_RUN = 1
+LIMITS_ACTIVE = struct.Struct("<Q")
+
 PROG_XDP = "arpsensor_xdp"
 PROG_TC_IN = "arpsensor_tc_in"
 PROG_TC_EG = "arpsensor_tc_eg"
