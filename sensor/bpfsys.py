@@ -76,9 +76,21 @@ class TestRunResult:
     data_out: bytes
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int | None = None) -> TestRunResult:
-    """BPF_PROG_TEST_RUN: run a loaded XDP or tc program on a crafted frame in the real kernel."""
+SK_BUFF_CTX_SIZE = 192  # sizeof(struct __sk_buff) in the uapi this targets; fields we do not set stay 0
+SK_BUFF_IFINDEX_OFF = 40
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int | None = None,
+                  skb_ifindex: int | None = None) -> TestRunResult:
+    """BPF_PROG_TEST_RUN: run a loaded XDP or tc program on a crafted frame in the real kernel.
+    skb_ifindex (tc programs): run as if on that interface of the caller's network namespace instead of
+    its loopback device."""
     attr = _attr()
+    if skb_ifindex is not None:
+        ctx = (ctypes.c_ubyte * SK_BUFF_CTX_SIZE)()
+        _put(ctx, SK_BUFF_IFINDEX_OFF, ctypes.c_uint32, skb_ifindex)
+        _put(attr, 40, ctypes.c_uint32, SK_BUFF_CTX_SIZE)
+        _put(attr, 48, ctypes.c_uint64, ctypes.addressof(ctx))
     buf_in = ctypes.create_string_buffer(data, len(data))
     out_len = out_size if out_size is not None else len(data) + 256
     buf_out = ctypes.create_string_buffer(out_len)

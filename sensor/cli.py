@@ -11,6 +11,7 @@ from sensor import __version__, sdnotify
 from sensor.config import ENV_VAR as CONFIG_ENV
 from sensor.config import ConfigGroup, config_option
 from sensor.errors import EXIT_INTERNAL, SensorError
+from sensor.limitstage import RATELIMIT_KEYS, RateLimitStage, config_from_cli, ratelimit_options
 from sensor.peers.stage import PeerStage, peer_options
 
 
@@ -56,6 +57,7 @@ def _log(msg: str) -> None:
                    "Kernel memory is about max-entries x (16 x CPUs + 80) bytes.")
 @click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
 @peer_options
+@ratelimit_options
 def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,
         top: int, min_requests: int, ready_file: str | None, max_entries: int,
         hostname: str | None, **peer_opts) -> None:
@@ -66,6 +68,8 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
       arp-sensor run -i eth0
       arp-sensor run -i eth0 -i bond0 --attach tc --interval 5 --top 50
       arp-sensor run -i eth0 --duration 60 --min-requests 1 --ready-file /run/arp-sensor.ready
+      arp-sensor run -i eth0 --rate-limit dry-run            # what limits would drop, nothing dropped
+      arp-sensor run -i eth0 --rate-limit enforce --limit-allow 198.18.0.1
 
     Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 environment (privileges, kernel
     headers, bcc), 4 conflict (a foreign XDP program or tc filter, another arp-sensor).
@@ -77,9 +81,14 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
                       max_entries=max_entries)
     if hostname:
         opts.hostname = hostname
+    limit_cfg = config_from_cli({k: peer_opts.pop(k) for k in RATELIMIT_KEYS}, interval, attach)
     check_options(opts)
     runner = Runner(opts, _emit_stdout, _log)
-    PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname).install(runner)
+    peer_stage = PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname)
+    peer_stage.install(runner)
+    limiter = RateLimitStage(limit_cfg, peer_stage, opts.hostname, _log) if limit_cfg.enabled else None
+    if limiter:
+        limiter.install(runner)
     runner.install_signal_handlers()
     runner.ready_hooks.append(lambda: sdnotify.ready(f"watching {', '.join(opts.interfaces)}"))
     code = 0
@@ -88,6 +97,8 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
         code = runner.run()
     finally:
         sdnotify.stopping()
+        if limiter:
+            limiter.close()
         for problem in runner.close():
             _log(problem)
     sys.exit(code)

@@ -102,3 +102,32 @@ def peer_event(action: str, ip: str, message: str, now: float, *, peer: dict[str
         ev["arp_sensor"]["verdict"] = verdict
     ev["message"] = message
     return ev
+
+
+def ratelimit_event(action: str, ip: str, now: float, *, mode: str, source: str, limit_pps: float,
+                    limit_burst: int, dropped: int, would_drop: int | None = None,
+                    interval_s: float | None = None, reason: str | None = None, message: str | None = None,
+                    peer: dict[str, Any] | None = None, hostname: str | None = None) -> Event:
+    """`arp_sensor.ratelimit`: a kernel limit for one target was applied, removed, or dropped requests.
+
+    `arp.dropped` is what the kernel dropped (in the interval for `ratelimit-dropping`, over the limit's
+    life for `ratelimit-removed`); `arp.would_drop` the same for dry-run limits. `arp_sensor.ratelimit`
+    holds the mode (dry-run / enforce) and the source (zombie-peer / unanswered-target / manual).
+    """
+    ev = base_event("arp_sensor.ratelimit", "event", now, hostname)
+    ev["event"]["action"] = action
+    if reason:
+        ev["event"]["reason"] = reason
+    ev["destination"] = {"ip": ip}
+    arp: dict[str, Any] = {"dropped": dropped, "limit_pps": limit_pps, "limit_burst": limit_burst}
+    if would_drop is not None:
+        arp["would_drop"] = would_drop
+    if interval_s is not None:
+        arp["interval_s"] = round(interval_s, 3)
+    ev["arp"] = arp
+    ev["arp_sensor"]["ratelimit"] = {"mode": mode, "source": source}
+    if peer:
+        ev["bgp"] = {"peer": peer}
+    if message:
+        ev["message"] = message
+    return ev

@@ -94,12 +94,12 @@ class LimitMap:
         self.sync_active()
         return gone
 
-    def keys(self) -> list[LimitKey]:
+    def list_keys(self) -> list[LimitKey]:
         return [LimitKey.unpack(k) for k in bpfsys.map_keys(self.fd, LIMIT_KEY.size)]
 
     def read(self) -> dict[LimitKey, LimitVal]:
         out = {}
-        for k in self.keys():
+        for k in self.list_keys():
             v = self.get(k)
             if v is not None:  # deleted between the walk and the lookup
                 out[k] = v
