@@ -222,3 +222,21 @@ def test_cli_bad_values_one_line_exit_2(args, needle):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_every_event_matches_the_published_schema():
+    from sensor.outputs.validate import check
+
+    book = Book(bgp(DEAD, "Active"), bgp(LIVE, "Established"))
+    evs = []
+    for mode in ("enforce", "dry-run"):
+        pol = RateLimitPolicy(cfg(mode=mode, targets=[LIVE, OTHER], unanswered=True), "node-a", peer_fields)
+        evs += pol.update({DEAD: ZOMBIE, "198.18.0.50": UNANSWERED}, book, never_alive, T0).events
+        evs += pol.counters({DEAD: (3, 4), OTHER: (0, 2)}, T0 + 1, 1.0, book)
+        evs += pol.update({}, book, lambda ip: ip == OTHER, T0 + 2).events
+    kinds = {(e["event"]["dataset"], e["event"]["action"]) for e in evs}
+    assert kinds == {("arp_sensor.ratelimit", a) for a in ("ratelimit-applied", "ratelimit-dropping",
+                                                          "ratelimit-removed")} | {
+        ("arp_sensor.health", "ratelimit-refused")}
+    for ev in evs:
+        check(ev)
