@@ -160,3 +160,7 @@ cli.add_command(doctor)
 from sensor.demo import demo  # noqa: E402
 
 cli.add_command(demo)
+
+from sensor.top import top  # noqa: E402
+
+cli.add_command(top)

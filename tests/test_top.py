@@ -1,0 +1,192 @@
+"""`arp-sensor top` under a real pseudo-terminal (tmux) and over a pipe, against ARP in namespaces."""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from collections import deque
+
+import pytest
+
+from sensor import frames
+from sensor.aggregate import Interval
+from sensor.model import TargetWindow, WindowKey
+from sensor.top import TopState, sparkline
+from tests.fixtures_netns import REPO, attached_programs, needs_root, sensor_cmd, sensor_env, unique
+
+BUSY, QUIET = "198.18.0.77", "198.18.0.78"
+
+
+def iv(*windows: TargetWindow, dt: float = 1.0) -> Interval:
+    return Interval(interval_s=dt, windows=list(windows), health={}, health_total={})
+
+
+def tw(ip: str, requests: int, senders: int = 1, replies: int = 0, top=(), iface: str = "eth0",
+       direction: str = "ingress") -> TargetWindow:
+    return TargetWindow(WindowKey(1, direction, 0, ip), iface, 1.0, requests=requests, replies=replies,
+                        senders=senders, top_senders=list(top))
+
+
+def test_sparkline():
+    assert sparkline([0, 0]) == "▁▁"
+    assert sparkline([1, 8]) == "▂█"
+    assert sparkline([0, 4, 8])[0] == " " and sparkline([0, 4, 8])[2] == "█"
+
+
+def test_state_sums_per_ip_sorts_and_forgets():
+    s = TopState()
+    s.update(iv(tw(BUSY, 50, 3, top=[("198.18.0.5", 30)]), tw(BUSY, 10, 1, direction="egress",
+                                                               top=[("198.18.0.9", 10)]),
+                tw(QUIET, 2, 5), tw("198.18.0.9", 0, 0, replies=4)))
+    rows = {r.ip: r for r in s.sorted_rows("requests")}
+    assert rows[BUSY].rate == 60 and rows[BUSY].senders == 3 and rows[BUSY].top_sender == "198.18.0.5"
+    assert rows[BUSY].where == {"eth0 in", "eth0 out"}
+    assert [r.ip for r in s.sorted_rows("requests")][:2] == [BUSY, QUIET]
+    assert s.sorted_rows("senders")[0].ip == QUIET
+    ips = [r.ip for r in s.sorted_rows("ip")]
+    assert ips == sorted(ips, key=ipaddress.ip_address)
+    for _ in range(16):  # quiet for a whole sparkline: the row goes
+        s.update(iv())
+    assert s.rows == {}
+
+
+def test_history_is_kept_per_ip():
+    s = TopState()
+    for n in (10, 20, 0, 40):
+        s.update(iv(tw(BUSY, n)) if n else iv())
+    assert list(s.rows[BUSY].history) == [10, 20, 0, 40]
+    assert isinstance(s.rows[BUSY].history, deque)
+
+
+class Traffic:
+    """ARP requests from namespace a for BUSY (many, several senders) and QUIET (few), until stopped."""
+
+    def __init__(self, pair, busy: str = BUSY) -> None:
+        burst = [frames.arp_request(f"198.18.0.{10 + i % 5}", busy) for i in range(40)]
+        burst += [frames.arp_request("198.18.0.1", QUIET)]
+        self.pair, self.burst = pair, burst
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.pair.send_frames(self.burst)
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def tmux():
+    if not shutil.which("tmux"):
+        pytest.skip("tmux not installed")
+    sock = unique("arpsensor-top-")
+    cmd = ["tmux", "-L", sock]
+    yield cmd
+    subprocess.run([*cmd, "kill-server"], capture_output=True)  # only the server on our own socket
+
+
+def _pane(tmux: list[str]) -> str:
+    r = subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True)
+    return r.stdout
+
+
+@needs_root
+@pytest.mark.root
+@pytest.mark.parametrize("quit_key", ["q", "C-c"])
+def test_top_in_a_terminal(veth_pair, tmux, tmp_path, quit_key):
+    status = tmp_path / "status"
+    env = sensor_env()
+    argv = ["ip", "netns", "exec", veth_pair.b, *sensor_cmd("top", "-i", veth_pair.b_if, "--interval", "0.5")]
+    # tmux hands its server's environment to the pane; COLUMNS/LINES from pytest would pin rich to 80x24.
+    shell = (f"cd {shlex.quote(str(REPO))} && env -u COLUMNS -u LINES PYTHONPATH={shlex.quote(env['PYTHONPATH'])} "
+             f"{shlex.join(argv)} 2>{tmp_path}/stderr; echo $? > {status}")
+    subprocess.run([*tmux, "new-session", "-d", "-s", "top", "-x", "200", "-y", "40", shell], check=True)
+    with Traffic(veth_pair):
+        deadline = time.monotonic() + 90
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = _pane(tmux)
+            busy = [ln for ln in screen.splitlines() if BUSY in ln]
+            if busy and "198.18.0.1" in busy[0] and QUIET in screen:
+                break
+            assert not status.exists(), (tmp_path / "stderr").read_text()
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"busy target not shown:\n{screen}")
+    lines = screen.splitlines()
+    rows = [ln for ln in lines if "198.18.0." in ln and "│" in ln]
+    assert BUSY in rows[0], screen  # the busiest target is the first row
+    assert float(rows[0].split("│")[2].replace(",", "")) > float(rows[1].split("│")[2].replace(",", ""))
+    assert attached_programs(veth_pair.b, veth_pair.b_if)["xdp"]  # it is attached while it runs
+    subprocess.run([*tmux, "send-keys", "-t", "top", quit_key], check=True)
+    deadline = time.monotonic() + 30
+    while not status.exists():
+        assert time.monotonic() < deadline, f"did not quit on {quit_key}:\n{_pane(tmux)}"
+        time.sleep(0.1)
+    time.sleep(0.1)
+    assert status.read_text().strip() == "0", (tmp_path / "stderr").read_text()
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
+
+
+@needs_root
+@pytest.mark.root
+def test_top_once_over_a_pipe(veth_pair):
+    with Traffic(veth_pair):
+        r = subprocess.run(["ip", "netns", "exec", veth_pair.b,
+                            *sensor_cmd("top", "-i", veth_pair.b_if, "--once", "--interval", "2")],
+                           capture_output=True, text=True, env=sensor_env(), cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b[" not in r.stdout  # no terminal: no escape sequences
+    rows = [ln for ln in r.stdout.splitlines() if "198.18.0." in ln and "│" in ln]
+    assert rows and BUSY in rows[0], r.stdout
+    cells = [c.strip() for c in rows[0].split("│")]
+    assert cells[4] == "5"  # five distinct senders asked for the busy target
+    assert "BGP columns empty" in r.stdout
+    assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
+
+
+@needs_root
+@pytest.mark.root
+def test_top_names_the_bgp_peer_and_its_verdict(veth_pair):
+    """A real BIRD whose mesh peers are dead: ARP for one of them shows its protocol, state, zombie-peer.
+    Also: without --once and without a terminal, one table per interval; SIGINT quits and detaches."""
+    import signal
+
+    from sensor.peers.birdproc import BirdNetns
+
+    with BirdNetns(n_peers=2) as bird:
+        peer = bird.peers[0]
+        proc = subprocess.Popen(["ip", "netns", "exec", veth_pair.b, *sensor_cmd(
+            "top", "-i", veth_pair.b_if, "--interval", "0.5", "--bird-socket", bird.socket,
+            "--verdict-window", "1")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=sensor_env(), cwd=REPO, start_new_session=True)
+        try:
+            with Traffic(veth_pair, busy=peer):
+                time.sleep(8)  # compile + attach, then > two verdict windows of evidence
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err
+    tables = out.split("arp-sensor top ·")
+    assert len(tables) >= 4  # one per interval
+    row = next(ln for ln in tables[-1].splitlines() if peer in ln)
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[8] == f"Mesh_{peer.replace('.', '_')}"
+    assert cells[9] not in ("", "Established", "unknown")
+    assert cells[10] == "zombie-peer"
+    assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
