@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sensor.events import Event, peer_event
+from sensor.events import Event, peer_event, warning_event
 from sensor.model import TargetWindow
 from sensor.peers import Peer, peer_fields
 
@@ -69,6 +69,9 @@ class _Sample:
 @dataclass(slots=True)
 class _State:
     samples: deque[_Sample] = field(default_factory=deque)
+    requests: int = 0  # running sums over `samples`: the per-interval decision needs no loop
+    replies: int = 0
+    alive: int = 0
     verdict: str = HEALTHY
     candidate: str | None = None
     candidate_since: float = 0.0
@@ -119,7 +122,7 @@ class VerdictEngine:
     """Per-IP verdicts with hysteresis over a sliding window; see the module docstring for the rules."""
 
     def __init__(self, window_s: float = 10.0, min_requests: int = 3, hostname: str | None = None,
-                 max_tracked: int = 16384) -> None:
+                 max_tracked: int = 16384, max_unanswered: int = 64) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be > 0")
         self.window_s = window_s
@@ -127,6 +130,11 @@ class VerdictEngine:
         self.hostname = hostname
         self.max_tracked = max_tracked
         self.untracked = 0  # IPs ignored because max_tracked was reached (an attacker picks target IPs)
+        # A scan of a /16 makes thousands of unanswered targets: alert on at most this many at a time.
+        self.max_unanswered = max_unanswered
+        self.suppressed = 0  # unanswered-target verdicts not entered because of max_unanswered
+        self._capped = False
+        self._n_unanswered = 0
         self._st: dict[str, _State] = {}
 
     def verdict(self, ip: str) -> str:
@@ -153,23 +161,42 @@ class VerdictEngine:
             s.t = now
             if ip in askers:
                 s.alive += 1
-            st.samples.append(s)
+            self._push(st, s)
         for ip in askers:  # a host that asks is alive even when nobody asked for it
             st = self._st.get(ip)
             if st is not None and ip not in per_ip:
-                st.samples.append(_Sample(now, 0, 0, 1, 0, {}))
+                self._push(st, _Sample(now, 0, 0, 1, 0, {}))
         events: list[Event] = []
+        self._n_unanswered = sum(1 for st in self._st.values() if st.verdict == UNANSWERED)
+        suppressed_before = self.suppressed
         for ip in list(self._st):
             st = self._st[ip]
             while st.samples and st.samples[0].t <= now - self.window_s + _EPS:
-                st.samples.popleft()
+                old = st.samples.popleft()
+                st.requests -= old.requests
+                st.replies -= old.replies
+                st.alive -= old.alive
             events += self._step(ip, st, book.get(ip), now)
             if st.verdict == HEALTHY and st.candidate is None and not st.samples:
                 del self._st[ip]
+        capped = self.suppressed > suppressed_before
+        if capped and not self._capped:
+            events.append(warning_event(
+                "verdicts-capped", f"more than {self.max_unanswered} targets are asked for and never answer "
+                f"(a scan?): unanswered-target alerts are capped at {self.max_unanswered}", now, self.hostname))
+        self._capped = capped
         return events
 
     # -- internals --------------------------------------------------------------------------------------
+    @staticmethod
+    def _push(st: _State, s: _Sample) -> None:
+        st.samples.append(s)
+        st.requests += s.requests
+        st.replies += s.replies
+        st.alive += s.alive
+
     def _sum(self, st: _State) -> Evidence:
+        """The full evidence (senders, top senders) for an event; decisions use the running sums."""
         ev = Evidence()
         for s in st.samples:
             ev.requests += s.requests
@@ -226,7 +253,7 @@ class VerdictEngine:
         return None
 
     def _step(self, ip: str, st: _State, peer: Peer | None, now: float) -> list[Event]:
-        ev = self._sum(st)
+        ev = Evidence(requests=st.requests, replies=st.replies, alive=st.alive)
         if st.samples and st.samples[-1].t == now and st.samples[-1].alive:
             st.last_alive = now
         if peer is not None and peer.is_bgp and peer.bgp_state is not None:
@@ -238,7 +265,7 @@ class VerdictEngine:
         bgp_now = peer is not None and peer.is_bgp and peer.bgp_state is not None
         reason = self._clear_reason(st, peer, ev) if st.verdict != HEALTHY else None
         if reason:
-            events.append(self._event(st.verdict, "cleared", ip, peer, ev, now, reason))
+            events.append(self._event(st.verdict, "cleared", ip, peer, now, reason, st))
             was, st.verdict, st.candidate = st.verdict, HEALTHY, None
             if was == UNANSWERED and bgp_now:
                 # the same evidence already held for a window: a zombie need not wait another one
@@ -254,17 +281,23 @@ class VerdictEngine:
             st.candidate, st.candidate_since = raw, now
         if now - st.candidate_since + _EPS < self.window_s:
             return events
+        if raw == UNANSWERED:
+            if self._n_unanswered >= self.max_unanswered:
+                self.suppressed += 1
+                return events
+            self._n_unanswered += 1
         if st.verdict != HEALTHY:
             why = "host stopped answering ARP" if raw == ZOMBIE else f"now {raw}"
-            events.append(self._event(st.verdict, "cleared", ip, peer, ev, now, why))
+            events.append(self._event(st.verdict, "cleared", ip, peer, now, why, st))
         st.verdict, st.candidate = raw, None
-        events.append(self._event(raw, "detected", ip, peer, ev, now, None, st))
+        events.append(self._event(raw, "detected", ip, peer, now, None, st))
         return events
 
-    def _event(self, verdict: str, change: str, ip: str, peer: Peer | None, ev: Evidence, now: float,
-               reason: str | None, st: _State | None = None) -> Event:
+    def _event(self, verdict: str, change: str, ip: str, peer: Peer | None, now: float,
+               reason: str | None, st: _State) -> Event:
         after = verdict if change == "detected" else HEALTHY
-        alive_ago = now - st.last_alive if st is not None and st.last_alive is not None else 0.0
+        ev = self._sum(st)
+        alive_ago = now - st.last_alive if st.last_alive is not None else 0.0
         return peer_event(
             f"{verdict}-{change}", ip, self._message(verdict, change, ip, peer, ev, reason, alive_ago), now,
             peer=peer_fields(peer) if peer is not None else None, evidence=ev.fields(self.window_s),

@@ -225,7 +225,7 @@ def test_named_non_bgp_target_carries_its_node():
     evs = run(eng, book, 0, 20, storm)
     assert acts(evs) == ["unanswered-target-detected"]
     e = evs[0][1]
-    assert e["kubernetes"]["node"]["name"] == "worker-7" and e["bgp"]["peer"] == {"state": "unknown"}
+    assert e["kubernetes"]["node"]["name"] == "worker-7" and "bgp" not in e
     assert "NotReady" in e["message"] and "kubectl delete node worker-7" in e["message"]
 
 
@@ -245,6 +245,15 @@ def test_tracking_is_bounded():
     assert eng.evidence(DEAD).requests == 3  # known peers are always tracked
     eng.update([], book, 20.0)
     assert eng.verdicts() == {} and eng.evidence("198.19.0.1").requests == 0
+
+
+def test_unanswered_alerts_are_capped_with_one_warning():
+    eng, book = VerdictEngine(window_s=W, max_unanswered=5), Book(mesh_peer())
+    scan = [win(f"198.19.0.{i}", 3) for i in range(1, 50)]
+    evs = run(eng, book, 0, 20, lambda t: [*scan, *storm(t)])
+    assert acts(evs).count("unanswered-target-detected") == 5
+    assert acts(evs).count("verdicts-capped") == 1 and acts(evs).count("zombie-peer-detected") == 1
+    assert eng.suppressed > 0 and len(eng.verdicts()) == 6
 
 
 def test_bad_window():

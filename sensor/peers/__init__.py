@@ -37,8 +37,11 @@ class Peer:
         return self.bgp_state == ESTABLISHED
 
 
-def peer_fields(peer: Peer) -> dict[str, Any]:
-    """`bgp.peer` for events: name, state ("unknown" while BIRD cannot be asked), last_error when set."""
+def peer_fields(peer: Peer) -> dict[str, Any] | None:
+    """`bgp.peer` for events: name, state ("unknown" while BIRD cannot be asked), last_error when set.
+    None for an IP only Kubernetes knows (a node, not a BGP peer we can name)."""
+    if not peer.is_bgp and not peer.name:
+        return None
     out: dict[str, Any] = {}
     if peer.name:
         out["name"] = peer.name

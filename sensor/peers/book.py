@@ -109,7 +109,7 @@ class PeerBook:
         self._pending.clear()
         end = time.monotonic() + self.budget
         for src in self._bird:
-            if src.next_try > now:
+            if src.next_try > time.monotonic():
                 continue
             left = end - time.monotonic()
             if left <= 0.01:
@@ -122,7 +122,8 @@ class PeerBook:
                 if missing and not src.required and not src.seen:
                     continue  # a default socket that never existed: not an error
                 if time.monotonic() - started >= min(self.timeout, left) * 0.9:
-                    src.next_try = now + self.retry_s  # it hangs: don't pay the timeout every interval
+                    # it hangs: don't pay the timeout every interval
+                    src.next_try = time.monotonic() + self.retry_s
                 if src.ok is not False:
                     events.append(self._warn(
                         "peer-source-unavailable",

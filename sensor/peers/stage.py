@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from sensor.detect import VerdictEngine
-from sensor.events import Event
+from sensor.events import Event, warning_event
 from sensor.peers import PeerBook, peer_fields
 from sensor.peers.book import CALICO_BIRD_SOCKETS
 
@@ -23,6 +23,7 @@ class PeerStage:
     def __init__(self, book: PeerBook, engine: VerdictEngine) -> None:
         self.book = book
         self.engine = engine
+        self._error: str | None = None
 
     @classmethod
     def from_options(cls, *, bird_sockets: list[str] | None, peers_file: str | None, k8s_nodes: str | None,
@@ -38,9 +39,19 @@ class PeerStage:
         return cls(book, engine)
 
     def on_interval(self, interval: Any, now: float) -> list[Event]:
-        events = self.book.refresh(now)
-        events += self.engine.update(interval.windows, self.book, now)
-        return events
+        """Never raises: a bug here must not stop the counting; it becomes one warning per new error."""
+        try:
+            events = self.book.refresh(now)
+            events += self.engine.update(interval.windows, self.book, now)
+            self._error = None
+            return events
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}"
+            if msg == self._error:
+                return []
+            self._error = msg
+            return [warning_event("peer-stage-error", f"peers/verdicts skipped this interval: {msg}", now,
+                                  self.engine.hostname)]
 
     def annotate(self, ip: str) -> dict[str, Any] | None:
         peer = self.book.get(ip)
