@@ -226,6 +226,22 @@ def test_lab_up_without_bird_is_an_environment_error(tmp_path: Path) -> None:
 
 @needs_lab
 @pytest.mark.root
+def test_lab_too_big_for_the_shared_arp_table_is_refused_before_building() -> None:
+    """The kernel's ARP table is shared by all namespaces (gc_thresh3, 1024 by default): a mesh that
+    cannot fit would hang in Connect with "neighbor table overflow!", so `up` refuses it up front."""
+    thresh3 = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
+    if thresh3 > 254 * 253:
+        pytest.skip(f"gc_thresh3={thresh3} fits even a 254-node mesh")
+    name = unique_lab_name()
+    r = cli("lab", "up", "--name", name, "--nodes", "254")
+    assert r.returncode == 3, r.stderr
+    assert "neighbour table" in r.stderr and "--raise-neigh-limits" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert leftovers(name) == []
+
+
+@needs_lab
+@pytest.mark.root
 @pytest.mark.lab
 def test_failed_build_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure midway (here: the third BIRD refuses to start) leaves nothing behind."""

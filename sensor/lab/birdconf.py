@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local", required=True, help="this node's IP (router id, source address)")
     p.add_argument("--mesh", nargs="+", required=True, help="every node's IP (this node's is skipped)")
     p.add_argument("--asn", type=int, default=DEFAULT_ASN)
-    p.add_argument(
-        "--hold-time", default=str(LAB_HOLD_TIME), help="seconds, or 'default' for BIRD's 240 s (Calico)"
-    )
+    p.add_argument("--hold-time", default=str(LAB_HOLD_TIME), help="seconds, or 'default' for BIRD's 240 s (Calico)")
     p.add_argument("--log-file", help="BIRD log file (default: stderr)")
     p.add_argument("--pod-block", help="CIDR to announce, like a Calico IPAM block")
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")

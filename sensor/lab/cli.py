@@ -39,24 +39,31 @@ def lab() -> None:
 @lab.command()
 @click.option("--nodes", "-N", type=int, required=True, help="Number of BIRD nodes (2..prefix size).")
 @name_option
-@click.option(
-    "--prefix", default="198.18.0.0/24", show_default=True, help="Node addresses (inside 198.18.0.0/15)."
-)
-@click.option(
-    "--vlan", type=int, help="Put the node addresses on eth0.<VLAN> so the wire carries 802.1Q tags."
-)
+@click.option("--prefix", default="198.18.0.0/24", show_default=True, help="Node addresses (inside 198.18.0.0/15).")
+@click.option("--vlan", type=int, help="Put the node addresses on eth0.<VLAN> so the wire carries 802.1Q tags.")
 @click.option(
     "--hold-time",
     default=str(birdconf.LAB_HOLD_TIME),
     show_default=True,
     help="BGP hold time in seconds, or 'default' for BIRD's 240 s (what Calico runs).",
 )
-@click.option(
-    "--wait/--no-wait", default=True, show_default=True, help="Wait until every session is Established."
-)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every session is Established.")
 @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait for the mesh.")
+@click.option(
+    "--raise-neigh-limits",
+    is_flag=True,
+    help="Raise the host's ARP table limits (net.ipv4.neigh.default.gc_thresh*) if the mesh needs it "
+    "(labs above ~20 nodes; the table is shared by all namespaces).",
+)
 def up(
-    nodes: int, name: str, prefix: str, vlan: int | None, hold_time: str, wait: bool, timeout: float
+    nodes: int,
+    name: str,
+    prefix: str,
+    vlan: int | None,
+    hold_time: str,
+    wait: bool,
+    timeout: float,
+    raise_neigh_limits: bool,
 ) -> None:
     """Build the lab: a switch namespace with a bridge and N nodes each running BIRD."""
     if hold_time == "default":
@@ -67,7 +74,7 @@ def up(
         except ValueError:
             raise SensorError(f"lab: --hold-time must be seconds or 'default', got {hold_time!r}") from None
     the_lab = Lab(name, nodes, prefix=prefix, vlan=vlan, hold_time=hold)
-    the_lab.up(progress=_echo)
+    the_lab.up(progress=_echo, raise_neigh_limits=raise_neigh_limits)
     if wait:
         took = the_lab.wait_established(timeout, progress=_echo)
         _echo(f"lab {name}: full mesh Established ({nodes * (nodes - 1)} sessions) after {took:.1f}s")

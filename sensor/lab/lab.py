@@ -90,13 +90,20 @@ def parse_show_protocols(text: str) -> list[Protocol]:
     return rows
 
 
+def neigh_entries_in_use() -> int:
+    """Entries in the kernel's (namespace-shared) ARP table: /proc/net/stat/arp_cache, hex, per CPU."""
+    try:
+        rows = Path("/proc/net/stat/arp_cache").read_text().splitlines()[1:]
+        return int(rows[0].split()[0], 16) if rows else 0
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def require_tools() -> None:
     """The lab needs root (namespaces) and BIRD 2 (`bird`, `birdc`) on PATH."""
     for tool in ("bird", "birdc"):
         if shutil.which(tool) is None:
-            raise SensorError(
-                f"lab: `{tool}` not found in PATH (install bird2: scripts/install-system.sh)", EXIT_ENV
-            )
+            raise SensorError(f"lab: `{tool}` not found in PATH (install bird2: scripts/install-system.sh)", EXIT_ENV)
     if os.geteuid() != 0:
         raise SensorError("lab: must run as root (network namespaces)", EXIT_ENV)
 
@@ -171,13 +178,9 @@ class Lab:
         try:
             net = ipaddress.IPv4Network(prefix, strict=False)
         except ValueError:
-            raise SensorError(
-                f"lab: bad prefix {prefix!r}: expected an IPv4 CIDR like 198.18.0.0/24"
-            ) from None
+            raise SensorError(f"lab: bad prefix {prefix!r}: expected an IPv4 CIDR like 198.18.0.0/24") from None
         if not net.subnet_of(SAFE_NET):
-            raise SensorError(
-                f"lab: prefix {net} must lie inside {SAFE_NET} (addresses that never leave the lab)"
-            )
+            raise SensorError(f"lab: prefix {net} must lie inside {SAFE_NET} (addresses that never leave the lab)")
         hosts = list(net.hosts()) if net.prefixlen < 31 else []
         limit = min(len(hosts), MAX_NODES)
         if not 2 <= nodes <= limit:
@@ -193,9 +196,7 @@ class Lab:
         self.asn = asn
         self.switch_netns = f"{name}-sw"
         self.bridge = f"{name}br"
-        self._nodes = [
-            Node(f"n{i}", i, str(hosts[i - 1]), f"{name}-n{i}", f"{name}p{i}") for i in range(1, nodes + 1)
-        ]
+        self._nodes = [Node(f"n{i}", i, str(hosts[i - 1]), f"{name}-n{i}", f"{name}p{i}") for i in range(1, nodes + 1)]
         self.dir = STATE_ROOT / name
 
     # ---- naming
@@ -260,16 +261,10 @@ class Lab:
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
-            raise SensorError(
-                f"lab: no lab named {name!r} (no {path}); start one with `arp-sensor lab up`"
-            ) from None
+            raise SensorError(f"lab: no lab named {name!r} (no {path}); start one with `arp-sensor lab up`") from None
         except (OSError, ValueError) as e:
-            raise SensorError(
-                f"lab: unreadable state {path}: {e}; run `arp-sensor lab down --name {name}`"
-            ) from None
-        lab = cls(
-            doc["name"], len(doc["nodes"]), doc["prefix"], doc.get("vlan"), doc.get("hold_time"), doc["asn"]
-        )
+            raise SensorError(f"lab: unreadable state {path}: {e}; run `arp-sensor lab down --name {name}`") from None
+        lab = cls(doc["name"], len(doc["nodes"]), doc["prefix"], doc.get("vlan"), doc.get("hold_time"), doc["asn"])
         lab._nodes = [Node(**n) for n in doc["nodes"]]
         lab.phase = doc.get("phase", "?")
         return lab
@@ -285,15 +280,47 @@ class Lab:
         return sorted(found)
 
     # ---- build
-    def up(self, progress: Progress | None = None) -> Lab:
+    def neigh_entries_needed(self) -> int:
+        """ARP entries the full mesh holds: every node resolves every other node."""
+        n = len(self._nodes)
+        return n * (n - 1)
+
+    def check_neigh_table(self, raise_limits: bool = False, say: Progress | None = None) -> None:
+        """The kernel's ARP table is one table shared by every namespace, capped by init_net's gc_thresh3
+        (1024 by default): a 33-node mesh already overflows it ("neighbor table overflow!") and sessions
+        hang in Connect. Refuse, or with `raise_limits` raise the host's limits (never lower them)."""
+        limits = {
+            k: int(Path(f"/proc/sys/net/ipv4/neigh/default/{k}").read_text()) for k in ("gc_thresh2", "gc_thresh3")
+        }
+        in_use = neigh_entries_in_use()
+        want = in_use + self.neigh_entries_needed() + 128  # headroom for the host's own neighbours
+        if want <= limits["gc_thresh3"]:
+            return
+        if not raise_limits:
+            raise SensorError(
+                f"lab: {len(self._nodes)} nodes need {self.neigh_entries_needed()} ARP entries ({in_use} in use) "
+                f"but the kernel's neighbour table, shared by all namespaces, holds {limits['gc_thresh3']} "
+                f"(gc_thresh3); pass --raise-neigh-limits or sysctl -w net.ipv4.neigh.default.gc_thresh3={2 * want}",
+                EXIT_ENV,
+            )
+        new = {"gc_thresh2": max(limits["gc_thresh2"], want), "gc_thresh3": max(limits["gc_thresh3"], 2 * want)}
+        for k, v in new.items():
+            Path(f"/proc/sys/net/ipv4/neigh/default/{k}").write_text(str(v))
+        if say:
+            say(
+                f"lab {self.name}: raised net.ipv4.neigh.default.gc_thresh2/3 to {new['gc_thresh2']}/"
+                f"{new['gc_thresh3']} (host-wide: the ARP table is shared by all namespaces)"
+            )
+
+    def up(self, progress: Progress | None = None, raise_neigh_limits: bool = False) -> Lab:
         """Build the lab and start every BIRD. On any failure (or Ctrl-C) nothing is left behind."""
         say = progress or (lambda _msg: None)
         require_tools()
+        self.check_neigh_table(raise_neigh_limits, say)
         mine = [self.switch_netns, *(n.netns for n in self._nodes)]
         if self.dir.exists() or any(ns in netns.listnetns() for ns in mine):
             raise SensorError(
-                f"lab {self.name} already exists; pick another --name or run "
-                f"`arp-sensor lab down --name {self.name}`"
+                f"lab {self.name} already exists; pick another --name or run `arp-sensor lab down --name {self.name}`"
             )
         STATE_ROOT.mkdir(parents=True, exist_ok=True)
         try:
@@ -380,9 +407,7 @@ class Lab:
             plen = ipaddress.IPv4Network(self.prefix).prefixlen
             ipr.addr("add", index=addr_if, address=n.ip, prefixlen=plen)
         # per device: a new namespace has no neigh/default of its own (the kernel shares init_net's)
-        _write_sysctl_in(
-            n.netns, {f"net/ipv4/neigh/{self.iface}/base_reachable_time_ms": str(NEIGH_REACHABLE_MS)}
-        )
+        _write_sysctl_in(n.netns, {f"net/ipv4/neigh/{self.iface}/base_reachable_time_ms": str(NEIGH_REACHABLE_MS)})
         with ipr_in(self.switch_netns) as sw:
             br = sw.link_lookup(ifname=self.bridge)[0]
             sw.link("set", index=sw.link_lookup(ifname=n.port)[0], master=br, state="up")
@@ -406,15 +431,11 @@ class Lab:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if r.returncode != 0:
             msg = (r.stderr or r.stdout).strip().splitlines()
-            raise SensorError(
-                f"lab: bird failed to start on {n.name}: {msg[-1] if msg else r.returncode}", EXIT_ENV
-            )
+            raise SensorError(f"lab: bird failed to start on {n.name}: {msg[-1] if msg else r.returncode}", EXIT_ENV)
         end = time.monotonic() + 5
         while self._bird_pid(n) is None or not Path(self.bird_socket(n.name)).exists():
             if time.monotonic() > end:
-                raise SensorError(
-                    f"lab: bird on {n.name} did not come up (see {self._path(n, 'log')})", EXIT_ENV
-                )
+                raise SensorError(f"lab: bird on {n.name} did not come up (see {self._path(n, 'log')})", EXIT_ENV)
             time.sleep(0.02)
 
     def _stop_bird(self, n: Node, sig: int) -> None:
@@ -512,9 +533,7 @@ class Lab:
                 row["sessions"] = {name: {"state": p.state, "info": p.info} for name, p in protos.items()}
                 row["established"] = sum(p.established for p in protos.values())
                 row["expected"] = (
-                    sum(1 for o in self._nodes if o.name != n.name and o.name in live)
-                    if n.name in live
-                    else 0
+                    sum(1 for o in self._nodes if o.name != n.name and o.name in live) if n.name in live else 0
                 )
             out.append(row)
         return {
@@ -561,9 +580,7 @@ class Lab:
                     EXIT_INTERNAL,
                 )
             if progress and now - last_report >= 1:
-                progress(
-                    f"lab {self.name}: {total - len(missing)}/{total} sessions Established ({now - t0:.0f}s)"
-                )
+                progress(f"lab {self.name}: {total - len(missing)}/{total} sessions Established ({now - t0:.0f}s)")
                 last_report = now
             time.sleep(0.3)
 
@@ -673,9 +690,7 @@ class ArpCapture:
 
     def start(self, timeout: float = 10) -> ArpCapture:
         if shutil.which("tcpdump") is None:
-            raise SensorError(
-                "lab: tcpdump not found in PATH (scripts/install-system.sh installs it)", EXIT_ENV
-            )
+            raise SensorError("lab: tcpdump not found in PATH (scripts/install-system.sh installs it)", EXIT_ENV)
         self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # tcpdump says "listening on" once the capture is live: only then is a count meaningful
         assert self._proc.stderr is not None
@@ -685,9 +700,7 @@ class ArpCapture:
             if "listening on" in line:
                 break
             if not line and self._proc.poll() is not None:
-                raise SensorError(
-                    f"lab: tcpdump on the bridge failed (exit {self._proc.returncode})", EXIT_ENV
-                )
+                raise SensorError(f"lab: tcpdump on the bridge failed (exit {self._proc.returncode})", EXIT_ENV)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
