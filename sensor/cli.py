@@ -12,6 +12,7 @@ from sensor.config import ENV_VAR as CONFIG_ENV
 from sensor.config import ConfigGroup, config_option
 from sensor.errors import EXIT_INTERNAL, SensorError
 from sensor.limitstage import RATELIMIT_KEYS, RateLimitStage, config_from_cli, ratelimit_options
+from sensor.outputs.options import OutputStage, output_options
 from sensor.peers.stage import PeerStage, peer_options
 
 
@@ -58,9 +59,11 @@ def _log(msg: str) -> None:
 @click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
 @peer_options
 @ratelimit_options
+@output_options
 def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,
         top: int, min_requests: int, ready_file: str | None, max_entries: int,
-        hostname: str | None, **peer_opts) -> None:
+        hostname: str | None, output: tuple[str, ...], tag: str, metrics_port: int | None, metrics_addr: str,
+        **peer_opts) -> None:
     """Count ARP per target in the kernel and stream JSON events.
 
     \b
@@ -70,6 +73,8 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
       arp-sensor run -i eth0 --duration 60 --min-requests 1 --ready-file /run/arp-sensor.ready
       arp-sensor run -i eth0 --rate-limit dry-run            # what limits would drop, nothing dropped
       arp-sensor run -i eth0 --rate-limit enforce --limit-allow 198.18.0.1
+      arp-sensor run -i eth0 -o file:/var/log/arp-sensor.json -o forward://127.0.0.1:24224?chunk=1
+      arp-sensor run -i eth0 --metrics-port 9464
 
     Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 environment (privileges, kernel
     headers, bcc), 4 conflict (a foreign XDP program or tc filter, another arp-sensor).
@@ -83,13 +88,16 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
         opts.hostname = hostname
     limit_cfg = config_from_cli({k: peer_opts.pop(k) for k in RATELIMIT_KEYS}, interval, attach)
     check_options(opts)
-    runner = Runner(opts, _emit_stdout, _log)
+    out = OutputStage.from_options(output=output, tag=tag, metrics_port=metrics_port, metrics_addr=metrics_addr)
+    runner = Runner(opts, out.emit, _log)
     peer_stage = PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname)
     peer_stage.install(runner)
+    out.verdicts = peer_stage.engine.verdicts
     limiter = RateLimitStage(limit_cfg, peer_stage, opts.hostname, _log) if limit_cfg.enabled else None
     if limiter:
         limiter.install(runner)
     runner.install_signal_handlers()
+    out.install_signal_handlers()
     runner.ready_hooks.append(lambda: sdnotify.ready(f"watching {', '.join(opts.interfaces)}"))
     code = 0
     try:
@@ -101,6 +109,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
             limiter.close()
         for problem in runner.close():
             _log(problem)
+        out.close()
     sys.exit(code)
 
 

@@ -40,12 +40,17 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condi
 class _Server:
     """A listening TCP socket served by one thread per connection; stop() closes everything."""
 
-    def __init__(self, port: int = 0) -> None:
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", port))
+    def __init__(self, port: int = 0, path: str | None = None) -> None:
+        if path:  # a unix stream socket: reachable from a sensor in another network namespace
+            self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.lsock.bind(path)
+            self.port = 0
+        else:
+            self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.lsock.bind(("127.0.0.1", port))
+            self.port = self.lsock.getsockname()[1]
         self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
         self.conns: list[socket.socket] = []
         self.connections = 0
         self._stop = threading.Event()
@@ -95,10 +100,10 @@ class _Server:
 class TcpLineReceiver(_Server):
     """Collects newline-delimited lines; a trailing partial line at connection end goes to `torn`."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, path: str | None = None) -> None:
         self.lines: list[bytes] = []
         self.torn: list[bytes] = []
-        super().__init__(port)
+        super().__init__(port, path)
 
     def serve(self, c: socket.socket) -> None:
         buf = b""

@@ -1,0 +1,185 @@
+"""Prometheus metrics for `arp-sensor run --metrics-port N` (prometheus-client, a dedicated registry).
+
+API (what the run command calls; small on purpose):
+
+    m = Metrics()                       # own CollectorRegistry: several instances can coexist (tests)
+    port = m.serve("127.0.0.1", 9464)   # HTTP /metrics in a daemon thread; returns the bound port
+    m.observe_health(health)            # the `arp_sensor.health` counters dict of each interval
+    m.observe_outputs(dispatcher.stats())
+    m.set_verdicts({"zombie-peer": 1, "unanswered-target": 3})   # IPs per non-healthy verdict now
+    m.observe_event(ev)                 # any event: health metrics and ratelimit drops are picked up
+    m.close()
+
+Kernel counters in the health dict are per-interval deltas and are summed into Prometheus counters;
+`*_live`, `*_max`, `interfaces` are gauges; `entries_evicted` is already cumulative. Unknown keys
+are ignored, missing ones simply not exported. There are no per-IP labels (an attacker chooses target
+IPs; cardinality must stay bounded): labels are operation, reason, direction, verdict and output
+(one value per --output), all from small fixed sets.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from sensor.errors import EXIT_USAGE, SensorError
+
+# health key -> (metric, help, label name, label value); summed (per-interval deltas)
+_DELTAS: list[tuple[str, str, str, str | None, str | None]] = [
+    ("frames_rx", "arp_sensor_frames", "Frames on the watched interfaces (interface counters).", "direction", "rx"),
+    ("frames_tx", "arp_sensor_frames", "Frames on the watched interfaces (interface counters).", "direction", "tx"),
+    ("arp", "arp_sensor_arp_frames", "Frames with ethertype ARP seen by the kernel program.", None, None),
+    ("request", "arp_sensor_arp_operations", "Valid ARP frames by operation.", "operation", "request"),
+    ("reply", "arp_sensor_arp_operations", "Valid ARP frames by operation.", "operation", "reply"),
+    ("gratuitous", "arp_sensor_arp_operations", "Valid ARP frames by operation.", "operation", "gratuitous"),
+    ("probe", "arp_sensor_arp_operations", "Valid ARP frames by operation.", "operation", "probe"),
+    ("other_op", "arp_sensor_arp_operations", "Valid ARP frames by operation.", "operation", "other"),
+    ("malformed", "arp_sensor_malformed_frames", "ARP frames that failed validation.", "reason", "invalid"),
+    ("runt", "arp_sensor_malformed_frames", "ARP frames that failed validation.", "reason", "runt"),
+    ("vlan_too_deep", "arp_sensor_malformed_frames", "ARP frames that failed validation.", "reason",
+     "vlan_too_deep"),
+    ("inserts", "arp_sensor_map_inserts", "New entries in the kernel LRU map.", None, None),
+    ("insert_fail", "arp_sensor_map_insert_failures", "Failed kernel map updates.", None, None),
+]
+# health key -> gauge
+_GAUGES: list[tuple[str, str, str]] = [
+    ("entries_live", "arp_sensor_map_entries", "Live entries in the kernel LRU map."),
+    ("entries_max", "arp_sensor_map_max_entries", "Capacity of the kernel LRU map."),
+    ("targets_live", "arp_sensor_targets", "Distinct target IPs in the kernel map."),
+    ("interfaces", "arp_sensor_interfaces", "Interfaces being watched."),
+]
+# health key -> counter that is already cumulative
+_TOTALS: list[tuple[str, str, str]] = [
+    ("entries_evicted", "arp_sensor_map_evictions", "Entries the kernel LRU map evicted (inserts - live)."),
+]
+_OUTPUT_COUNTERS = [("sent", "arp_sensor_output_sent", "Events delivered per output."),
+                    ("dropped", "arp_sensor_output_dropped", "Events lost per output (queue full, oversized)."),
+                    ("errors", "arp_sensor_output_errors", "Connect/send errors per output.")]
+POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    """Holds the latest values and exposes them on collect(); all methods are thread-safe."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._lock = threading.Lock()
+        self._sums: dict[tuple[str, str | None, str | None], float] = {}
+        self._gauges: dict[str, float] = {}
+        self._totals: dict[str, float] = {}
+        self._outputs: dict[str, dict[str, Any]] = {}
+        self._verdicts: dict[str, int] = {}
+        self._ratelimit_dropped = 0
+        self._health_events = 0
+        self._server: Any = None
+        self.poll_duration = Histogram("arp_sensor_poll_duration_seconds",
+                                       "Time to read the maps, aggregate and emit one interval.",
+                                       buckets=POLL_BUCKETS, registry=self.registry)
+        self.registry.register(self)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def observe_health(self, health: dict[str, Any]) -> None:
+        with self._lock:
+            self._health_events += 1
+            for key, name, _help, label, value in _DELTAS:
+                v = health.get(key)
+                if _num(v):
+                    self._sums[(name, label, value)] = self._sums.get((name, label, value), 0) + max(0, v)
+            for key, name, _help in _GAUGES:
+                if _num(health.get(key)):
+                    self._gauges[name] = health[key]
+            for key, name, _help in _TOTALS:
+                if _num(health.get(key)):
+                    self._totals[name] = health[key]
+        ms = health.get("poll_duration_ms")
+        if _num(ms):
+            self.poll_duration.observe(ms / 1000.0)
+
+    def observe_outputs(self, stats: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            self._outputs = {name: dict(s) for name, s in stats.items()}
+
+    def set_verdicts(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            self._verdicts = {str(k): int(v) for k, v in counts.items()}
+
+    def observe_event(self, ev: dict[str, Any]) -> None:
+        """Convenience for an emit hook: health metrics and `ratelimit-dropping` drops."""
+        event = ev.get("event", {})
+        if event.get("dataset") == "arp_sensor.health" and event.get("kind") == "metric":
+            self.observe_health(ev.get("arp_sensor", {}).get("health", {}))
+        elif event.get("dataset") == "arp_sensor.ratelimit" and event.get("action") == "ratelimit-dropping":
+            dropped = ev.get("arp", {}).get("dropped")
+            if _num(dropped):
+                with self._lock:
+                    self._ratelimit_dropped += dropped
+
+    # -- exposition -----------------------------------------------------------------------------
+    def describe(self) -> list[Metric]:
+        return []  # dynamic label sets: let the registry call collect() when needed
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            families: dict[str, CounterMetricFamily] = {}
+            helps = {name: (h, label) for _k, name, h, label, _v in _DELTAS}
+            for name, (h, label) in helps.items():
+                families[name] = CounterMetricFamily(name, h, labels=[label] if label else [])
+            for (name, label, value), total in self._sums.items():
+                families[name].add_metric([value] if label else [], total)
+            yield from (f for f in families.values() if f.samples)
+            for _key, name, h in _GAUGES:
+                if name in self._gauges:
+                    yield GaugeMetricFamily(name, h, value=self._gauges[name])
+            live, cap = self._gauges.get("arp_sensor_map_entries"), self._gauges.get("arp_sensor_map_max_entries")
+            if live is not None and cap:
+                yield GaugeMetricFamily("arp_sensor_map_fill_ratio", "Live entries / capacity of the kernel map.",
+                                        value=live / cap)
+            for _key, name, h in _TOTALS:
+                if name in self._totals:
+                    yield CounterMetricFamily(name, h, value=self._totals[name])
+            yield CounterMetricFamily("arp_sensor_health_intervals", "Intervals observed.",
+                                      value=self._health_events)
+            yield CounterMetricFamily("arp_sensor_ratelimit_dropped",
+                                      "ARP requests the kernel rate limit dropped.", value=self._ratelimit_dropped)
+            v = GaugeMetricFamily("arp_sensor_verdicts", "IPs currently holding each non-healthy verdict.",
+                                  labels=["verdict"])
+            for verdict, n in sorted(self._verdicts.items()):
+                v.add_metric([verdict], n)
+            yield v
+            q = GaugeMetricFamily("arp_sensor_output_queued", "Events waiting per output.", labels=["output"])
+            c = GaugeMetricFamily("arp_sensor_output_connected", "1 when the output is connected/open.",
+                                  labels=["output"])
+            counters = {k: CounterMetricFamily(name, h, labels=["output"]) for k, name, h in _OUTPUT_COUNTERS}
+            for out, s in self._outputs.items():
+                q.add_metric([out], s.get("queued", 0))
+                c.add_metric([out], 1 if s.get("connected") else 0)
+                for k, fam in counters.items():
+                    fam.add_metric([out], s.get(k, 0))
+            yield q
+            yield c
+            yield from counters.values()
+
+    def serve(self, addr: str, port: int) -> int:
+        """Serve /metrics on addr:port in a daemon thread; returns the bound port (port 0 picks one)."""
+        from prometheus_client import start_http_server
+
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise SensorError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e}", EXIT_USAGE) from None
+        self._server = server
+        return server.server_address[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
