@@ -80,7 +80,7 @@ def test_sick_socket_makes_peers_unknown_and_recovers(sock, servers, mode):
     ev = book.refresh(2.0)
     took = time.monotonic() - t
     assert actions(ev) == ["peer-source-unavailable"], ev
-    assert took < 0.2 * 2 + 0.15  # one timeout, at most one reconnect within the same deadline
+    assert took < 1.5  # bounded by the 0.2 s deadline (loose: CPU contention), never a hang
     # peers keep their names but their state is unknown
     p = book.get("198.18.0.2")
     assert (p.name, p.bgp_state, p.proto_state, p.last_error) == ("Mesh_198_18_0_2", None, None, None)
@@ -94,28 +94,25 @@ def test_sick_socket_makes_peers_unknown_and_recovers(sock, servers, mode):
 
 
 def test_hanging_socket_is_not_retried_every_interval(sock, servers):
-    servers(sock, mode="hang")
+    srv = servers(sock, mode="hang")
     book = PeerBook([sock], timeout=0.15, retry_s=0.6)
-    t = time.monotonic()
-    book.refresh(100.0)
-    assert time.monotonic() - t >= 0.14
-    t = time.monotonic()
+    assert actions(book.refresh(100.0)) == ["peer-source-unavailable"]
+    assert srv.connections == 1
     assert book.refresh(101.0) == []
-    assert time.monotonic() - t < 0.05  # backed off for retry_s
-    time.sleep(0.6)
-    t = time.monotonic()
+    assert srv.connections == 1  # backed off for retry_s: not even a connect
+    time.sleep(0.65)
     book.refresh(102.0)
-    assert time.monotonic() - t >= 0.14
+    assert srv.connections == 2
 
 
 def test_refresh_budget_bounds_several_hanging_sockets(tmp_path, servers):
     paths = [str(tmp_path / f"b{i}.ctl") for i in range(4)]
-    for p in paths:
-        servers(p, mode="hang")
+    srvs = [servers(p, mode="hang") for p in paths]
     book = PeerBook(paths, timeout=0.2, budget=0.3)
-    t = time.monotonic()
     book.refresh(1.0)
-    assert time.monotonic() - t < 0.45
+    time.sleep(0.1)  # let the servers' accept threads count
+    # 0.2 s for the first, the remaining 0.1 s (at most) for the second; the others wait for the next refresh
+    assert srvs[0].connections == 1 and srvs[2].connections == srvs[3].connections == 0
 
 
 def test_restart_between_polls_reconnects_without_warning(sock, servers):
