@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from sensor.aggregate import Interval
+from sensor.limitstage import RATELIMIT_KEYS, ratelimit_options
 from sensor.peers.stage import peer_options
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -105,13 +106,23 @@ COLUMNS = (  # (header, min width, justify, shown on a narrow terminal)
     ("TARGET IP", 15, "left", True), ("REQ/S", 7, "right", True), ("TREND", HISTORY, "left", True),
     ("SENDERS", 7, "right", True), ("REPLIES", 7, "right", True), ("TOP SENDER", 15, "left", False),
     ("SEEN ON", 8, "left", False), ("BGP PEER", 8, "left", True), ("STATE", 11, "left", True),
-    ("VERDICT", 18, "left", True), ("LIMIT", 5, "left", True),
+    ("VERDICT", 18, "left", True), ("LIMIT", 14, "left", True),
 )
 WIDE = 150  # below this many columns, the optional ones are left out
 
 
+def limit_cell(limiter: Any | None, ip: str) -> str:
+    """`dry-run 12` (would have dropped 12) or `enforce 12` (dropped 12) while a limit holds the target."""
+    a = limiter.policy.active.get(ip) if limiter is not None else None
+    if a is None:
+        return ""
+    if limiter.cfg.dry_run:
+        return f"[yellow]dry-run {a.would_drop}[/]"
+    return f"[bold red]enforce {a.dropped}[/]"
+
+
 def render(state: TopState, sort: str, rows: int, title: str, stage: Any | None, notes: list[str],
-           width: int = WIDE):
+           width: int = WIDE, limiter: Any | None = None):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", caption=" · ".join(notes) or None,
@@ -129,7 +140,7 @@ def render(state: TopState, sort: str, rows: int, title: str, stage: Any | None,
             "BGP PEER": (peer.name or "") if peer is not None else "",
             "STATE": (peer.bgp_state or "unknown") if peer is not None and peer.is_bgp else "",
             "VERDICT": f"[{VERDICT_STYLE.get(verdict, '')}]{verdict}[/]" if verdict else "",
-            "LIMIT": "",  # rate-limit status: filled once the in-kernel rate limiter exists
+            "LIMIT": limit_cell(limiter, r.ip),
         }
         table.add_row(*(cells[c[0]] for c in shown))
     return table
@@ -173,30 +184,39 @@ def read_key(fd: int | None, timeout: float) -> str | None:
 @click.option("--rows", type=click.IntRange(1, 10000), default=20, show_default=True, help="Rows to show.")
 @click.option("--once", is_flag=True, help="Count for one interval, print one table and exit (for pipes).")
 @peer_options
+@ratelimit_options
 def top(interfaces: tuple[str, ...], attach: str, interval: float, sort: str, rows: int, once: bool,
         **peer_opts: Any) -> None:
     """Live view of the busiest ARP targets: requests/s, trend, senders, replies, BGP peer and verdict.
 
     Attaches like `run` (and detaches on exit), refreshes every --interval. BGP columns come from
-    Calico's BIRD sockets when they exist, or --bird-socket / --peers / --k8s-nodes. Keys: q quits,
-    s cycles the sort order; Ctrl-C quits too. Without a terminal (a pipe, cron, CI) use --once.
+    Calico's BIRD sockets when they exist, or --bird-socket / --peers / --k8s-nodes. With
+    --rate-limit dry-run|enforce, top applies limits like `run` and LIMIT shows what they drop
+    (would drop, for dry-run). Keys: q quits, s cycles the sort order; Ctrl-C quits too. Without a
+    terminal (a pipe, cron, CI) use --once, or read one table per interval.
+
+    top attaches its own programs: it cannot share an interface with a running `arp-sensor run`
+    (exit 4); read that one's JSON, or stop it for the incident.
 
     \b
     Examples:
       sudo arp-sensor top -i eth0
       sudo arp-sensor top -i bond0 --bird-socket /var/run/calico/bird.ctl --sort senders
       sudo arp-sensor top -i eth0 --once --interval 5 | tee arp-top.txt
+      sudo arp-sensor top -i bond0 --rate-limit dry-run     # what limits would drop, nothing dropped
 
     Exit codes: 0 ok, 2 bad usage, 3 environment (privileges, headers, bcc), 4 conflict.
     """
     from rich.console import Console
     from rich.live import Live
 
+    from sensor.limitstage import RateLimitStage, config_from_cli
     from sensor.peers.stage import PeerStage
     from sensor.runner import Runner, RunOptions, check_options
 
     opts = RunOptions(interfaces=list(interfaces), attach=attach, interval=interval, top=1,
                       min_requests=1 << 62)  # no target events: the table is the output
+    limit_cfg = config_from_cli({k: peer_opts.pop(k) for k in RATELIMIT_KEYS}, interval, attach)
     check_options(opts)
     notes: list[str] = []
 
@@ -211,11 +231,14 @@ def top(interfaces: tuple[str, ...], attach: str, interval: float, sort: str, ro
     runner.install_signal_handlers()
     stage = PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname)
     stage.install(runner)
+    limiter = RateLimitStage(limit_cfg, stage, opts.hostname, log) if limit_cfg.enabled else None
+    if limiter:
+        limiter.install(runner)
     have_peers = bool(peer_opts.get("bird_sockets") or peer_opts.get("peers_file") or peer_opts.get("k8s_nodes")
                       or any(s["ok"] is not None for s in stage.book.sources()))
     state = TopState()
     tty_out = sys.stdout.isatty()
-    console = Console(width=None if tty_out else max(160, int(os.environ.get("COLUMNS", "0") or 0)))
+    console = Console(width=None if tty_out else max(200, int(os.environ.get("COLUMNS", "0") or 0)))
 
     def title() -> str:
         where = ", ".join(opts.interfaces)
@@ -224,7 +247,7 @@ def top(interfaces: tuple[str, ...], attach: str, interval: float, sort: str, ro
 
     def footer() -> list[str]:
         out = [] if have_peers else ["no BIRD socket or peers file: BGP columns empty"]
-        out.append("rate limits: not available in this build")
+        out.append(f"rate limits: {limit_cfg.mode}" if limiter else "rate limits: off (--rate-limit)")
         return out + notes[-3:]
 
     try:
@@ -232,7 +255,7 @@ def top(interfaces: tuple[str, ...], attach: str, interval: float, sort: str, ro
         if once:
             runner.stop_event.wait(interval)
             state.update(runner.poll())
-            console.print(render(state, sort, rows, title(), stage, footer(), console.width))
+            console.print(render(state, sort, rows, title(), stage, footer(), console.width, limiter))
             return
         live = Live(console=console, auto_refresh=False) if tty_out else None
         with keys_from(sys.stdin) as fd, live or contextlib.nullcontext():
@@ -251,8 +274,10 @@ def top(interfaces: tuple[str, ...], attach: str, interval: float, sort: str, ro
                     next_tick += interval
                     if next_tick < time.monotonic():
                         next_tick = time.monotonic() + interval
-                show(render(state, sort, rows, title(), stage, footer(), console.width))
+                show(render(state, sort, rows, title(), stage, footer(), console.width, limiter))
     finally:
+        if limiter:
+            limiter.close()
         problems = runner.close()
         stage.close()
         for p in problems:

@@ -161,6 +161,8 @@ def test_top_once_over_a_pipe(veth_pair):
 @pytest.mark.root
 def test_top_names_the_bgp_peer_and_its_verdict(veth_pair):
     """A real BIRD whose mesh peers are dead: ARP for one of them shows its protocol, state, zombie-peer.
+    With --rate-limit dry-run --limit-ingress (the storm arrives on ingress here) the zombie gets a limit
+    and LIMIT shows what it would drop.
     Also: without --once and without a terminal, one table per interval; SIGINT quits and detaches."""
     import signal
 
@@ -170,8 +172,9 @@ def test_top_names_the_bgp_peer_and_its_verdict(veth_pair):
         peer = bird.peers[0]
         proc = subprocess.Popen(["ip", "netns", "exec", veth_pair.b, *sensor_cmd(
             "top", "-i", veth_pair.b_if, "--interval", "0.5", "--bird-socket", bird.socket,
-            "--verdict-window", "1")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=sensor_env(), cwd=REPO, start_new_session=True)
+            "--verdict-window", "1", "--rate-limit", "dry-run", "--limit-ingress")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sensor_env(), cwd=REPO,
+            start_new_session=True)
         try:
             with Traffic(veth_pair, busy=peer):
                 time.sleep(8)  # compile + attach, then > two verdict windows of evidence
@@ -189,4 +192,7 @@ def test_top_names_the_bgp_peer_and_its_verdict(veth_pair):
     assert cells[8] == f"Mesh_{peer.replace('.', '_')}"
     assert cells[9] not in ("", "Established", "unknown")
     assert cells[10] == "zombie-peer"
+    mode, would_drop = cells[11].split()  # the zombie is limited (dry run): what the kernel would drop
+    assert mode == "dry-run" and int(would_drop) > 0
+    assert "rate limits: dry-run" in tables[-1]
     assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
