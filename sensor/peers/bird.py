@@ -252,10 +252,9 @@ class BirdClient:
             last = welcome[-1]
             raise BirdProtocolError(f"{self.path}: unexpected welcome {last.code:04d} {last.text!r}")
         self.version = welcome[-1].text.strip()
-        # Read-only from here on: BIRD refuses configure/disable/... on a restricted connection.
-        restrict = self._exchange("restrict", deadline)
-        if restrict[-1].code >= 9000:  # a BIRD without `restrict`: carry on, we only ever send `show`
-            pass
+        # Read-only from here on: BIRD refuses configure/disable/... on a restricted connection. A BIRD
+        # without `restrict` answers 9001; we carry on, this client only ever sends `show` commands.
+        self._exchange("restrict", deadline)
 
     def _read_reply(self, deadline: float) -> list[ReplyLine]:
         assert self._sock is not None
