@@ -128,3 +128,17 @@ def test_every_flag_of_every_command_is_a_config_key():
         assert opt.name in dm, (path, long)
         count += 1
     assert count >= 12
+
+
+def test_documented_examples_are_valid(tmp_path):
+    """The TOML examples in docs/operations.md and deploy/ are accepted by the real CLI."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    blocks = re.findall(r"```toml\n(.*?)```", (repo / "docs/operations.md").read_text(), re.S)
+    assert blocks
+    for text in blocks:
+        dm = config.load(write(tmp_path, text), cli)
+        assert dm["run"]["interfaces"] == ["eth0", "bond0"] and dm["top"]["interfaces"] == ["eth0", "bond0"]
+        assert dm["run"]["rate_limit"] == "dry-run" and dm["top"]["sort"] == "senders"
