@@ -45,10 +45,14 @@ REAL_CFG = "".join(
 """ for i in (1, 2, 3))
 
 
-def trafgen(ns: str, dev: str, cfg_path: str, count: int, pps: int) -> subprocess.Popen:
-    # One process (-P 1); --no-sock-mem/--notouch-irq: trafgen must not retune the host's sysctls or IRQs.
+def trafgen(ns: str, dev: str, cfg_path: str, count: int, pps: int, steady: bool = False) -> subprocess.Popen:
+    """One process (-P 1); --no-sock-mem/--notouch-irq: trafgen must not retune the host's sysctls or IRQs.
+    `-b N pps` sends each second's budget in one burst and then sleeps, so a burst can land on either
+    side of the sensor's interval boundary (0 in one interval, double in the next): the real storm uses
+    an inter-packet gap instead (`steady`), which spreads it evenly."""
+    pace = ["-t", f"{1_000_000 // pps}us"] if steady else ["-b", f"{pps}pps"]
     return subprocess.Popen(["ip", "netns", "exec", ns, "trafgen", "-o", dev, "-i", cfg_path, "-n", str(count),
-                             "-P", "1", "-b", f"{pps}pps", "--no-sock-mem", "--notouch-irq", "-C"],
+                             "-P", "1", *pace, "--no-sock-mem", "--notouch-irq", "-C"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -105,7 +109,7 @@ def test_spoofed_target_flood(veth_pair, sensor, tmp_path):
     pid = s.proc.pid
     drain = Drain(s.proc.stdout)
     real_max = REAL_PPS * 60  # a bound, in case the test dies before it stops the storm
-    real = trafgen(veth_pair.a, veth_pair.a_if, str(real_cfg), real_max, REAL_PPS)
+    real = trafgen(veth_pair.a, veth_pair.a_if, str(real_cfg), real_max, REAL_PPS, steady=True)
     flood = None
     rss: list[tuple[float, int]] = []
     try:
