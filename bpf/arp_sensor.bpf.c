@@ -3,6 +3,7 @@
  *   arpsensor_xdp     XDP, ingress
  *   arpsensor_tc_in   tc clsact ingress
  *   arpsensor_tc_eg   tc clsact egress
+ * and arpsensor_limctl, never attached: user space runs it with BPF_PROG_TEST_RUN to refresh a limit.
  * Counters are per-CPU and cumulative: no atomics on the hot path, user space computes deltas.
  * Parsing follows xdp-tools' parsing_helpers.h: a cursor, a bounds check before every read. */
 #include <uapi/linux/bpf.h>
@@ -295,4 +296,39 @@ int arpsensor_tc_in(struct __sk_buff *skb)
 int arpsensor_tc_eg(struct __sk_buff *skb)
 {
 	return handle_skb(skb, ARP_SENSOR_DIR_EGRESS);
+}
+
+
+/* Refreshes one limit under its lock (struct limit_cmd). Returns XDP_PASS when done, XDP_DROP when the
+ * entry does not exist (user space creates it with BPF_NOEXIST), XDP_ABORTED on a short command. */
+int arpsensor_limctl(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct limit_cmd *c = data;
+
+	if ((void *)(c + 1) > data_end)
+		return XDP_ABORTED;
+	struct limit_key k = {};
+
+	k.ifindex = c->key.ifindex;
+	k.ip = c->key.ip;
+	k.dir = c->key.dir;
+	struct limit_val *l = limits.lookup(&k);
+
+	if (!l)
+		return XDP_DROP;
+	__u32 flags = c->flags;
+	__u64 rate = c->rate_mpps, cost = c->cost_ns, burst = c->burst, expires = c->expires_ns;
+
+	bpf_spin_lock(&l->lock);
+	l->flags = flags;
+	l->rate_mpps = rate;
+	l->cost_ns = cost;
+	l->burst = burst;
+	l->expires_ns = expires;
+	if (l->tokens_ns > burst * cost) /* a smaller bucket now */
+		l->tokens_ns = burst * cost;
+	bpf_spin_unlock(&l->lock);
+	return XDP_PASS;
 }

@@ -101,6 +101,18 @@ struct limit_val {
 	__u64 passed;         /* requests within the bucket */
 };
 
+/* A refresh, run by user space through arpsensor_limctl with BPF_PROG_TEST_RUN (the "frame" is this
+ * struct): new config and expiry written under the entry's lock, so the kernel's counters and tokens are
+ * never overwritten with a stale copy, as a lookup-then-update from user space would. */
+struct limit_cmd {
+	struct limit_key key;
+	__u32 flags;
+	__u64 rate_mpps;
+	__u64 cost_ns;
+	__u64 burst;
+	__u64 expires_ns;
+};
+
 /* limits_active[0]: how many entries the limits map holds, written by user space after each change.
  * Checked before any hash lookup, so a host without limits pays one array read per ARP request. */
 struct limits_active {

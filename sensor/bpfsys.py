@@ -18,6 +18,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_LOOKUP_BATCH = 24
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
@@ -206,6 +207,24 @@ def map_lookup(map_fd: int, key: bytes, value_size: int, flags: int = 0) -> byte
     _put(attr, 24, ctypes.c_uint64, flags)
     try:
         _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return vbuf.raw
+
+
+def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int, flags: int = 0) -> bytes | None:
+    """Atomically reads and removes one element of a hash map (kernel >= 5.14); None when absent."""
+    attr = _attr()
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value_size)
+    _put(attr, 0, ctypes.c_uint32, map_fd)
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
+    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
+    _put(attr, 24, ctypes.c_uint64, flags)
+    try:
+        _bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr)
     except BpfError as e:
         if e.errno == errno.ENOENT:
             return None

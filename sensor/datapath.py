@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from sensor.errors import EXIT_CONFLICT, EXIT_ENV, EXIT_USAGE, SensorError
-from sensor.layout import BPF_DIR, DEFAULT_MAX_ENTRIES, PROG_TC_EG, PROG_TC_IN, PROG_XDP, PROGRAM
+from sensor.layout import BPF_DIR, DEFAULT_MAX_ENTRIES, PROG_LIMCTL, PROG_TC_EG, PROG_TC_IN, PROG_XDP, PROGRAM
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -111,6 +111,7 @@ class Datapath:
                 self.fn_xdp = self.bpf.load_func(PROG_XDP.encode(), BPF.XDP)
                 self.fn_tc_in = self.bpf.load_func(PROG_TC_IN.encode(), BPF.SCHED_CLS)
                 self.fn_tc_eg = self.bpf.load_func(PROG_TC_EG.encode(), BPF.SCHED_CLS)
+                self.fn_limctl = self.bpf.load_func(PROG_LIMCTL.encode(), BPF.XDP)  # run, never attached
             except Exception as e:
                 os.dup2(saved, 2)
                 errf.seek(0)
@@ -128,9 +129,9 @@ class Datapath:
         return (self.bpf[b"arp_counts"].map_fd, self.bpf[b"health"].map_fd)
 
     @property
-    def limit_fds(self) -> tuple[int, int]:
-        """(limits hash, limits_active array): written by sensor.limitmap.LimitMap."""
-        return (self.bpf[b"limits"].map_fd, self.bpf[b"limits_active"].map_fd)
+    def limit_fds(self) -> tuple[int, int, int]:
+        """(limits hash, limits_active array, limctl program): for sensor.limitmap.LimitMap."""
+        return (self.bpf[b"limits"].map_fd, self.bpf[b"limits_active"].map_fd, self.fn_limctl.fd)
 
     # -- attach ------------------------------------------------------------------------------------
     def attach(self, ifname: str, attach: str = "both", xdp_mode: str = "auto") -> Attachment:

@@ -31,6 +31,9 @@ LIMIT_FIELDS = ("flags", "rate_mpps", "cost_ns", "burst", "tokens_ns", "last_ref
                 "dropped", "would_drop", "passed")
 LIMIT_F_DRY_RUN = 1
 LIMITS_ACTIVE = struct.Struct("<Q")
+# struct limit_cmd {struct limit_key key; u32 flags; u64 rate_mpps, cost_ns, burst, expires_ns;}
+LIMIT_CMD = struct.Struct("<12sI4Q")
+PROG_LIMCTL = "arpsensor_limctl"
 
 PROG_XDP = "arpsensor_xdp"
 PROG_TC_IN = "arpsensor_tc_in"

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from sensor import bpfsys
 from sensor.errors import EXIT_ENV, SensorError
-from sensor.layout import LIMIT_F_DRY_RUN, LIMIT_FIELDS, LIMIT_KEY, LIMIT_VAL, LIMITS_ACTIVE
+from sensor.layout import LIMIT_CMD, LIMIT_F_DRY_RUN, LIMIT_FIELDS, LIMIT_KEY, LIMIT_VAL, LIMITS_ACTIVE
 
 NS = 1_000_000_000
 MAX_BURST = 1_000_000  # burst * cost_ns must fit in u64 with cost_ns up to 1e12 (0.001 pps)
+XDP_PASS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,8 @@ class LimitMap:
     """Entries of one loaded program's `limits` map, plus the `limits_active` count the kernel checks
     before any hash lookup. Every change goes through here so the count stays right."""
 
-    def __init__(self, limits_fd: int, active_fd: int) -> None:
-        self.fd, self.active_fd = limits_fd, active_fd
+    def __init__(self, limits_fd: int, active_fd: int, ctl_fd: int) -> None:
+        self.fd, self.active_fd, self.ctl_fd = limits_fd, active_fd, ctl_fd
 
     # -- raw access (tests write tokens and clocks directly) -----------------------------------------
     def get(self, key: LimitKey) -> LimitVal | None:
@@ -93,6 +94,19 @@ class LimitMap:
         gone = bpfsys.map_delete(self.fd, key.pack())
         self.sync_active()
         return gone
+
+    def take(self, key: LimitKey) -> LimitVal | None:
+        """Removes an entry and returns its last counters, atomically where the kernel can (5.14+)."""
+        try:
+            raw = bpfsys.map_lookup_and_delete(self.fd, key.pack(), LIMIT_VAL.size, bpfsys.BPF_F_LOCK)
+        except bpfsys.BpfError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):  # 524: ENOTSUPP
+                raise
+            val = self.get(key)
+            bpfsys.map_delete(self.fd, key.pack())
+            raw = val.pack() if val else None
+        self.sync_active()
+        return LimitVal.unpack(raw) if raw is not None else None
 
     def list_keys(self) -> list[LimitKey]:
         return [LimitKey.unpack(k) for k in bpfsys.map_keys(self.fd, LIMIT_KEY.size)]
@@ -126,34 +140,27 @@ class LimitMap:
 
     # -- the policy's operations ----------------------------------------------------------------------
     def apply(self, key: LimitKey, pps: float, burst: int, ttl_s: float, dry_run: bool,
-              now_ns: int | None = None) -> LimitVal:
-        """Creates the entry (a full bucket) or refreshes it: new expiry and config, tokens and counters
-        kept (clamped to a smaller bucket). Refresh is lookup-then-update, each under the entry's lock;
-        the kernel's updates between the two (a packet or so per interval at most) are lost, which is
-        why exact drop totals come from the health counters."""
+              now_ns: int | None = None) -> bool:
+        """Creates the entry (a full bucket) or refreshes it: new expiry and config, written by the
+        arpsensor_limctl program under the entry's lock, so the kernel's tokens and counters are never
+        overwritten. Returns True when the entry was created."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         cost = cost_ns(pps)
-        cap = burst * cost
-        old = self.get(key)
-        if old is None:
-            val = LimitVal(tokens_ns=cap, last_refill_ns=now_ns)
-        else:
-            val = old
-            val.tokens_ns = min(val.tokens_ns, cap)
-        val.flags = LIMIT_F_DRY_RUN if dry_run else 0
-        val.rate_mpps = round(pps * 1000)
-        val.cost_ns = cost
-        val.burst = burst
-        val.expires_ns = now_ns + int(ttl_s * NS)
-        if old is None:
-            try:
-                bpfsys.map_update(self.fd, key.pack(), val.pack(), bpfsys.BPF_NOEXIST)
-            except bpfsys.BpfError as e:
-                if e.errno == errno.E2BIG:
-                    raise SensorError("the kernel limits map is full", EXIT_ENV) from None
-                if e.errno != errno.EEXIST:
-                    raise
-            self.sync_active()
-        else:
-            bpfsys.map_update(self.fd, key.pack(), val.pack(), bpfsys.BPF_F_LOCK | bpfsys.BPF_EXIST)
-        return val
+        flags = LIMIT_F_DRY_RUN if dry_run else 0
+        expires = now_ns + int(ttl_s * NS)
+        cmd = LIMIT_CMD.pack(key.pack(), flags, round(pps * 1000), cost, burst, expires)
+        if bpfsys.prog_test_run(self.ctl_fd, cmd).retval == XDP_PASS:
+            return False
+        val = LimitVal(flags=flags, rate_mpps=round(pps * 1000), cost_ns=cost, burst=burst, tokens_ns=burst * cost,
+                       last_refill_ns=now_ns, expires_ns=expires)
+        try:
+            bpfsys.map_update(self.fd, key.pack(), val.pack(), bpfsys.BPF_NOEXIST)
+        except bpfsys.BpfError as e:
+            if e.errno == errno.E2BIG:
+                raise SensorError("the kernel limits map is full", EXIT_ENV) from None
+            if e.errno != errno.EEXIST:
+                raise
+            bpfsys.prog_test_run(self.ctl_fd, cmd)  # created meanwhile: refresh it instead
+            return False
+        self.sync_active()
+        return True

@@ -53,24 +53,30 @@ class RateLimitStage:
         lm = self._map()
         book = self.peer_stage.book
         decision = self.policy.update(self.peer_stage.engine.verdicts(), book, self._alive, now)
-        events = list(decision.events)
-        for ev in events:
+        for ev in decision.events:
             if ev["event"]["dataset"] == "arp_sensor.health":
                 self.log(ev["message"])
         dirs = [DIR_EGRESS] + ([DIR_INGRESS] if self.cfg.ingress else [])
         want = {LimitKey(ifindex, ip, d) for ip in decision.limit for ifindex in self.runner.ifnames for d in dirs}
-        # Removals first (the limit goes the interval its reason does), then refresh/create.
+        totals: dict[str, tuple[int, int]] = {}
+
+        def add(ip: str, val: Any) -> None:
+            d, w = totals.get(ip, (0, 0))
+            totals[ip] = (d + val.dropped, w + val.would_drop)
+
+        # Removals first (a limit goes the interval its reason does), taking their last counters.
         for key in lm.list_keys():
             if key not in want:
-                lm.delete(key)
-        totals: dict[str, tuple[int, int]] = {}
+                val = lm.take(key)
+                if val is not None:
+                    add(key.ip, val)
         now_ns = time.monotonic_ns()
         for key in sorted(want, key=lambda k: (k.ip, k.ifindex, k.dir)):
-            val = lm.apply(key, self.cfg.pps, self.cfg.burst, self.cfg.ttl_s, self.cfg.dry_run, now_ns)
-            d, w = totals.get(key.ip, (0, 0))
-            totals[key.ip] = (d + val.dropped, w + val.would_drop)
-        events += self.policy.counters(totals, now, interval.interval_s, book)
-        return events
+            lm.apply(key, self.cfg.pps, self.cfg.burst, self.cfg.ttl_s, self.cfg.dry_run, now_ns)
+            val = lm.get(key)
+            if val is not None:
+                add(key.ip, val)
+        return decision.events + self.policy.report(decision, totals, now, interval.interval_s, book)
 
     def close(self) -> None:
         """A clean exit removes every limit at once (a crash leaves them to their TTL)."""

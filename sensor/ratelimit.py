@@ -146,7 +146,8 @@ class Active:
 @dataclass
 class Decision:
     limit: dict[str, str]  # ip -> source, what the kernel should hold now
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # warnings and ratelimit-applied
+    removed: dict[str, tuple[Active, str]] = field(default_factory=dict)  # ip -> (limit, reason): for report()
 
 
 class RateLimitPolicy:
@@ -199,24 +200,26 @@ class RateLimitPolicy:
                 self.capped += 1
                 continue
             limit[ip] = source
+        removed: dict[str, tuple[Active, str]] = {}
         for ip in list(self.active):
             if ip not in limit:
                 a = self.active.pop(ip)
-                reason = refused.get(ip) or ("verdict cleared" if a.source != MANUAL else "no longer listed")
-                events.append(self._event("ratelimit-removed", a, now, reason, peers.get(ip)))
+                removed[ip] = (a, refused.get(ip) or ("verdict cleared" if a.source != MANUAL else "no longer listed"))
         for ip, source in limit.items():
             if ip not in self.active:
                 a = self.active[ip] = Active(ip, source, now)
                 events.append(self._event("ratelimit-applied", a, now, _applied_reason(source), peers.get(ip)))
-        return Decision(limit, events)
+        return Decision(limit, events, removed)
 
-    def counters(self, totals: Mapping[str, tuple[int, int]], now: float, interval_s: float,
-                 peers: PeerLookup) -> list[Event]:
-        """totals: ip -> (dropped, would_drop) summed over the kernel entries, as read this interval.
-        Returns a `ratelimit-dropping` event per limited IP whose counters moved."""
+    def report(self, decision: Decision, totals: Mapping[str, tuple[int, int]], now: float, interval_s: float,
+               peers: PeerLookup) -> list[Event]:
+        """After the kernel entries were refreshed and the removed ones taken out: `totals` is ip ->
+        (dropped, would_drop) summed over the IP's entries as last read (for a removed IP, as taken out).
+        Returns a `ratelimit-dropping` event per IP whose counters moved in the interval, then one
+        `ratelimit-removed` per removed IP carrying its lifetime totals."""
         events = []
-        for ip, (dropped, would) in totals.items():
-            a = self.active.get(ip)
+        for ip, (dropped, would) in sorted(totals.items()):
+            a = self.active.get(ip) or (decision.removed[ip][0] if ip in decision.removed else None)
             if a is None:
                 continue
             d, w = max(0, dropped - a.dropped), max(0, would - a.would_drop)
@@ -224,6 +227,8 @@ class RateLimitPolicy:
             if d or w:
                 events.append(self._event("ratelimit-dropping", a, now, None, peers.get(ip), dropped=d,
                                           would_drop=w, interval_s=interval_s))
+        for ip, (a, reason) in decision.removed.items():
+            events.append(self._event("ratelimit-removed", a, now, reason, peers.get(ip)))
         return events
 
     def _event(self, action: str, a: Active, now: float, reason: str | None, peer: Peer | None, *,

@@ -235,13 +235,44 @@ def test_concurrent_cpus_share_one_bucket(dp, lm, reader):
 
 def test_apply_creates_full_bucket_and_refresh_keeps_state(dp, lm):
     key = LimitKey(LO, TARGET, DIR_EGRESS)
-    v = lm.apply(key, pps=1.0, burst=2, ttl_s=30, dry_run=False)
-    assert v.tokens == 2 and lm.active() == 1
+    assert lm.apply(key, pps=1.0, burst=2, ttl_s=30, dry_run=False) is True
+    assert lm.get(key).tokens == 2 and lm.active() == 1
     run(dp.fn_tc_eg.fd, req(), 3)
-    v = lm.apply(key, pps=0.5, burst=1, ttl_s=30, dry_run=True)  # refresh: counters and spent tokens stay
+    before = lm.get(key)
+    assert lm.apply(key, pps=0.5, burst=1, ttl_s=30, dry_run=True) is False  # refresh: state stays
     got = lm.get(key)
     assert (got.passed, got.dropped) == (2, 1)
-    assert got.cost_ns == 2 * NS and got.burst == 1 and got.dry_run
-    assert got.tokens <= 1.0
-    assert lm.delete(key) and lm.active() == 0
-    assert not lm.delete(key)
+    assert got.cost_ns == 2 * NS and got.burst == 1 and got.dry_run and got.rate_mpps == 500
+    assert got.expires_ns > before.expires_ns
+    assert got.last_refill_ns == before.last_refill_ns and got.tokens_ns == before.tokens_ns
+    taken = lm.take(key)
+    assert (taken.passed, taken.dropped) == (2, 1) and lm.active() == 0
+    assert lm.take(key) is None and not lm.delete(key)
+
+
+def test_refresh_shrinks_the_bucket(dp, lm):
+    key = put(lm, pps=1.0, burst=10)
+    lm.apply(key, pps=1.0, burst=3, ttl_s=30, dry_run=False)
+    assert lm.get(key).tokens == 3
+
+
+def test_refresh_loses_no_kernel_counts_under_load(dp, lm, reader):
+    """Refreshing while another CPU drops requests: every drop is in the entry (the refresh never writes
+    counters), so the entry's counter equals the kernel's global drop counter."""
+    key = put(lm, pps=0.001, burst=1, tokens=0)
+    h0 = reader.read_health()
+    stop = threading.Event()
+
+    def refresher():
+        while not stop.is_set():
+            lm.apply(key, pps=0.001, burst=1, ttl_s=30, dry_run=False)
+
+    t = threading.Thread(target=refresher)
+    t.start()
+    try:
+        for _ in range(20):
+            bpfsys.prog_test_run(dp.fn_tc_eg.fd, req(), repeat=500)
+    finally:
+        stop.set()
+        t.join()
+    assert lm.get(key).dropped == 10000 == health_delta(reader, h0)["ratelimit_dropped"]

@@ -45,6 +45,15 @@ def cfg(**kw) -> LimitConfig:
     return config_from_options(mode=kw.pop("mode", "enforce"), **kw)
 
 
+class Step:
+    """One interval as the stage runs it: update, then report with the kernel totals read after it."""
+
+    def __init__(self, pol: RateLimitPolicy, verdicts, book, alive, now, totals=None) -> None:
+        d = pol.update(verdicts, book, alive, now)
+        self.limit = d.limit
+        self.events = d.events + pol.report(d, totals or {}, now, 1.0, book)
+
+
 def actions(events, dataset="arp_sensor.ratelimit"):
     return [(e["event"]["action"], e["destination"]["ip"]) for e in events if e["event"]["dataset"] == dataset]
 
@@ -62,7 +71,7 @@ def test_zombie_peers_are_limited_and_removed_when_the_verdict_clears():
     assert ev["bgp"]["peer"]["name"] == "Mesh_198_18_0_3"
     # steady: no new events
     assert pol.update({DEAD: ZOMBIE}, book, never_alive, T0 + 1).events == []
-    d = pol.update({}, book, never_alive, T0 + 2)
+    d = Step(pol, {}, book, never_alive, T0 + 2)
     assert d.limit == {}
     assert actions(d.events) == [("ratelimit-removed", DEAD)]
     assert d.events[0]["event"]["reason"] == "verdict cleared"
@@ -90,7 +99,7 @@ def test_live_host_is_never_limited_and_a_limit_goes_the_interval_it_answers():
     pol = RateLimitPolicy(cfg())
     book = Book(bgp(DEAD, "Active"))
     assert pol.update({DEAD: ZOMBIE}, book, never_alive, T0).limit == {DEAD: ZOMBIE}
-    d = pol.update({DEAD: ZOMBIE}, book, lambda ip: ip == DEAD, T0 + 1)
+    d = Step(pol, {DEAD: ZOMBIE}, book, lambda ip: ip == DEAD, T0 + 1)
     assert d.limit == {}
     assert actions(d.events) == [("ratelimit-removed", DEAD)]
     assert "answered ARP" in d.events[0]["event"]["reason"]
@@ -125,7 +134,7 @@ def test_zombie_verdict_held_while_bird_is_unreachable_keeps_its_limit():
 def test_manual_peer_becoming_established_is_removed_with_a_reason():
     pol = RateLimitPolicy(cfg(targets=[DEAD]))
     pol.update({}, Book(bgp(DEAD, "Active")), never_alive, T0)
-    d = pol.update({}, Book(bgp(DEAD, "Established")), never_alive, T0 + 1)
+    d = Step(pol, {}, Book(bgp(DEAD, "Established")), never_alive, T0 + 1)
     assert d.limit == {}
     removed = [e for e in d.events if e["event"]["action"] == "ratelimit-removed"]
     assert "Established" in removed[0]["event"]["reason"]
@@ -148,25 +157,29 @@ def test_manual_and_auto_share_one_limit():
 def test_dropping_events_carry_interval_deltas():
     pol = RateLimitPolicy(cfg(), "node-a")
     book = Book(bgp(DEAD, "Active"), bgp(DEAD2, "Active"))
-    pol.update({DEAD: ZOMBIE, DEAD2: ZOMBIE}, book, never_alive, T0)
-    evs = pol.counters({DEAD: (5, 0), DEAD2: (0, 0)}, T0 + 1, 1.0, book)
+    both = {DEAD: ZOMBIE, DEAD2: ZOMBIE}
+    Step(pol, both, book, never_alive, T0)
+    evs = Step(pol, both, book, never_alive, T0 + 1, {DEAD: (5, 0), DEAD2: (0, 0)}).events
     assert actions(evs) == [("ratelimit-dropping", DEAD)]
     assert evs[0]["arp"]["dropped"] == 5 and evs[0]["arp"]["interval_s"] == 1.0
     assert "dropped 5 ARP requests for 198.18.0.3" in evs[0]["message"]
-    evs = pol.counters({DEAD: (12, 0), DEAD2: (1, 0)}, T0 + 2, 1.0, book)
+    evs = Step(pol, both, book, never_alive, T0 + 2, {DEAD: (12, 0), DEAD2: (1, 0)}).events
     assert [(e["destination"]["ip"], e["arp"]["dropped"]) for e in evs] == [(DEAD, 7), (DEAD2, 1)]
-    assert pol.counters({DEAD: (12, 0), DEAD2: (1, 0)}, T0 + 3, 1.0, book) == []
-    d = pol.update({DEAD2: ZOMBIE}, book, never_alive, T0 + 4)
-    assert d.events[0]["arp"]["dropped"] == 12  # removed: the limit's lifetime total
-    assert pol.counters({DEAD: (99, 0)}, T0 + 5, 1.0, book) == []  # no longer limited: ignored
+    assert Step(pol, both, book, never_alive, T0 + 3, {DEAD: (12, 0), DEAD2: (1, 0)}).events == []
+    # DEAD's verdict clears: its entries are taken out with 2 more drops since the last read; those are
+    # reported, then the removal with the lifetime total
+    evs = Step(pol, {DEAD2: ZOMBIE}, book, never_alive, T0 + 4, {DEAD: (14, 0), DEAD2: (1, 0)}).events
+    assert [(e["event"]["action"], e["arp"]["dropped"]) for e in evs] == [("ratelimit-dropping", 2),
+                                                                          ("ratelimit-removed", 14)]
+    assert Step(pol, {DEAD2: ZOMBIE}, book, never_alive, T0 + 5, {DEAD: (99, 0)}).events == []  # not ours now
 
 
 def test_dry_run_reports_would_drop():
     pol = RateLimitPolicy(cfg(mode="dry-run"))
     book = Book(bgp(DEAD, "Active"))
-    applied = pol.update({DEAD: ZOMBIE}, book, never_alive, T0).events[0]
+    applied = Step(pol, {DEAD: ZOMBIE}, book, never_alive, T0).events[0]
     assert applied["arp_sensor"]["ratelimit"]["mode"] == "dry-run" and "dry run" in applied["message"]
-    ev = pol.counters({DEAD: (0, 4)}, T0 + 1, 1.0, book)[0]
+    ev = Step(pol, {DEAD: ZOMBIE}, book, never_alive, T0 + 1, {DEAD: (0, 4)}).events[0]
     assert ev["arp"]["dropped"] == 0 and ev["arp"]["would_drop"] == 4
     assert "would have dropped 4" in ev["message"]
 
@@ -231,9 +244,10 @@ def test_every_event_matches_the_published_schema():
     evs = []
     for mode in ("enforce", "dry-run"):
         pol = RateLimitPolicy(cfg(mode=mode, targets=[LIVE, OTHER], unanswered=True), "node-a", peer_fields)
-        evs += pol.update({DEAD: ZOMBIE, "198.18.0.50": UNANSWERED}, book, never_alive, T0).events
-        evs += pol.counters({DEAD: (3, 4), OTHER: (0, 2)}, T0 + 1, 1.0, book)
-        evs += pol.update({}, book, lambda ip: ip == OTHER, T0 + 2).events
+        vs = {DEAD: ZOMBIE, "198.18.0.50": UNANSWERED}
+        evs += Step(pol, vs, book, never_alive, T0).events
+        evs += Step(pol, vs, book, never_alive, T0 + 1, {DEAD: (3, 4), OTHER: (0, 2)}).events
+        evs += Step(pol, {}, book, lambda ip: ip == OTHER, T0 + 2).events
     kinds = {(e["event"]["dataset"], e["event"]["action"]) for e in evs}
     assert kinds == {("arp_sensor.ratelimit", a) for a in ("ratelimit-applied", "ratelimit-dropping",
                                                           "ratelimit-removed")} | {
