@@ -125,8 +125,8 @@ class TcpLineReceiver(_Server):
 class SilentReceiver(_Server):
     """Accepts and never reads: the kernel buffers fill and the sender's writes would block."""
 
-    def __init__(self) -> None:
-        super().__init__(0)
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(0, path)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
     def serve(self, c: socket.socket) -> None:

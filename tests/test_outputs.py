@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
     ("-", "stdout", None, None, None, {}),
     ("file:/var/log/arp.json", "file", None, None, "/var/log/arp.json", {}),
     ("unix:/run/vector.sock", "unix", None, None, "/run/vector.sock", {}),
+    ("unix:rel/x?y.sock", "unix", None, None, "rel/x?y.sock", {}),  # unix:PATH is literal
+    ("unix:///run/vector.sock?queue=5", "unix", None, None, "/run/vector.sock", {"queue": 5}),
     ("tcp://127.0.0.1:5170", "tcp", "127.0.0.1", 5170, None, {}),
     ("tcp://[::1]:5170?queue=10", "tcp", "::1", 5170, None, {"queue": 10}),
     ("udp://logs.example:514?max_bytes=1400", "udp", "logs.example", 514, None, {"max_bytes": 1400}),
@@ -53,6 +55,8 @@ def test_parse_good_specs(spec, kind, host, port, path, options):
     ("forward://127.0.0.1:24224?chunk=maybe", "must be 1 or 0"),
     ("forward://127.0.0.1:24224?compress=gzip", "unknown option 'compress'"),
     ("tcp://127.0.0.1:5170/path", "only HOST:PORT"),
+    ("unix://host/run/x.sock", "unix:///ABSOLUTE/PATH"),
+    ("unix:///run/x.sock?tag=a", "unknown option 'tag' for unix"),
 ])
 def test_bad_specs_are_one_line_usage_errors(spec, why):
     with pytest.raises(SensorError) as ei:

@@ -9,7 +9,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from sensor.errors import EXIT_USAGE, SensorError
 
-FORMS = "-, file:PATH, unix:PATH, tcp://HOST:PORT, udp://HOST:PORT, forward://HOST:PORT[?tag=T&chunk=1]"
+FORMS = ("-, file:PATH, unix:PATH, tcp://HOST:PORT, udp://HOST:PORT, forward://HOST:PORT[?tag=T&chunk=1]; "
+         "options after ?, e.g. ?queue=N (unix: as unix:///PATH?queue=N)")
 
 # Options each kind accepts in its query string, with a converter that raises ValueError on bad input.
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -94,19 +95,27 @@ def parse_spec(spec: str) -> OutputSpec:
     except ValueError as e:  # bad port or bracket syntax
         raise _bad(spec, str(e)) from None
     kind = u.scheme.lower()
-    if kind not in _OPTIONS or kind == "unix":
+    if kind not in _OPTIONS:
         raise _bad(spec, f"unknown scheme {u.scheme!r}")
+    if kind == "unix":  # unix:///abs/path?queue=N: the URL form, for options (unix:PATH is taken literally)
+        if u.netloc or not u.path.startswith("/") or len(u.path) < 2:
+            raise _bad(spec, "the URL form is unix:///ABSOLUTE/PATH[?queue=N]")
+        return OutputSpec("unix", s, path=u.path, options=_options(spec, kind, u.query))
     if not u.hostname:
         raise _bad(spec, "needs HOST:PORT")
     if port is None or port == 0:
         raise _bad(spec, "needs a port between 1 and 65535")
     if u.path not in ("", "/") or u.fragment or u.username or u.password:
         raise _bad(spec, "only HOST:PORT and ?options are allowed")
+    return OutputSpec(kind, s, host=u.hostname, port=port, options=_options(spec, kind, u.query))
+
+
+def _options(spec: str, kind: str, query: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     try:
-        pairs = parse_qsl(u.query, keep_blank_values=True, strict_parsing=bool(u.query))
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise _bad(spec, f"cannot parse options {u.query!r}") from None
+        raise _bad(spec, f"cannot parse options {query!r}") from None
     allowed = _OPTIONS[kind]
     for key, value in pairs:
         if key not in allowed:
@@ -115,7 +124,7 @@ def parse_spec(spec: str) -> OutputSpec:
             options[key] = allowed[key](value)
         except ValueError as e:
             raise _bad(spec, f"option {key}={value!r} {e}") from None
-    return OutputSpec(kind, s, host=u.hostname, port=port, options=options)
+    return options
 
 
 def parse_specs(specs: list[str]) -> list[OutputSpec]:
