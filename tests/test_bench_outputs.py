@@ -10,7 +10,7 @@ def test_outputs_bench_smoke(capsys):
     before = report.DOC.read_text() if report.DOC.exists() else None
     outputs.main(["--events", "300", "--runs", "1", "--sinks", "stdout,file,tcp,udp,forward-ack", "--no-write"])
     text = capsys.readouterr().out
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "sink" not in line]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| sink |" not in line]
     assert [r.split("|")[1].strip() for r in rows] == [
         "encode only (JSON, baseline)", "encode only (msgpack)", "stdout", "file", "tcp", "udp", "forward-ack"]
     assert all(r.split("|")[6].strip() == "0" for r in rows)  # nothing dropped: the queue holds the burst

@@ -66,6 +66,12 @@ def test_bad_specs_are_one_line_usage_errors(spec, why):
     assert why in msg and "\n" not in msg and "forms:" in msg
 
 
+def test_bad_tag_rejected():
+    with pytest.raises(SensorError, match="bad --tag") as ei:
+        build_outputs(["-"], tag="no spaces please")
+    assert ei.value.exit_code == EXIT_USAGE
+
+
 def test_duplicate_output_rejected():
     with pytest.raises(SensorError, match="given twice"):
         build_outputs(["-", "-"])

@@ -11,7 +11,7 @@ from sensor.errors import EXIT_USAGE, SensorError
 from sensor.outputs import validate
 from sensor.outputs.encode import encode_forward_entry, encode_json
 from sensor.outputs.sinks import DEFAULT_QUEUE, FileSink, Sink, make_sink
-from sensor.outputs.spec import parse_specs
+from sensor.outputs.spec import TAG_RE, parse_specs
 
 Event = dict[str, Any]
 _HEALTH_KEYS = ("type", "queued", "sent", "dropped", "errors", "connected")
@@ -101,6 +101,8 @@ def build_outputs(specs: list[str], *, tag: str = "arp_sensor", queue_size: int 
     Raises SensorError (exit 2) for a bad spec or a file that cannot be opened. Network receivers
     that are down are not an error: those outputs queue and reconnect in the background.
     """
+    if not TAG_RE.match(tag):
+        raise SensorError(f"bad --tag {tag!r}: 1-128 characters of letters, digits, '.', '_' or '-'", EXIT_USAGE)
     parsed = parse_specs(list(specs) or ["-"])
     sinks: list[Sink] = []
     try:

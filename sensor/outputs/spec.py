@@ -13,7 +13,7 @@ FORMS = ("-, file:PATH, unix:PATH, tcp://HOST:PORT, udp://HOST:PORT, forward://H
          "options after ?, e.g. ?queue=N (unix: as unix:///PATH?queue=N)")
 
 # Options each kind accepts in its query string, with a converter that raises ValueError on bad input.
-_TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
 def _pos_int(v: str) -> int:
@@ -39,7 +39,7 @@ def _bool(v: str) -> bool:
 
 
 def _tag(v: str) -> str:
-    if not _TAG_RE.match(v):
+    if not TAG_RE.match(v):
         raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-'")
     return v
 
