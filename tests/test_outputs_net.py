@@ -276,8 +276,9 @@ def test_receiver_that_never_reads_does_not_block_emit(kind):
         assert sink._qbytes <= sink.queue_bytes
         assert st["dropped"] > n // 2  # the kernel buffers absorb a little; the rest is counted
         assert st["sent"] + st["dropped"] + st["queued"] == n
-        # emit did not wait on the socket: no call took anywhere near a send timeout
-        assert slowest < 0.5, slowest
+        # emit did not wait on the socket (a blocked emit would hang until close); the bound only
+        # leaves room for scheduling on a loaded machine
+        assert slowest < 2.0, slowest
         t0 = time.monotonic()
         d.close(0.5)
         assert time.monotonic() - t0 < 3, "close() must honour its timeout against a stuck receiver"

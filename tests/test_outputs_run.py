@@ -110,8 +110,10 @@ def test_receiver_that_never_reads_does_not_delay_polling(veth_pair, sensor, tmp
     health = [e for e in events if e["event"]["dataset"] == "arp_sensor.health"]
     stamps = [datetime.fromisoformat(e["@timestamp"]).timestamp() for e in health]
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(stamps)]
-    assert len(health) >= 4 / 0.2 - 3, gaps  # one per interval, on time
-    assert max(gaps) < 1.0, gaps
+    # One per interval (20 in 4 s). Blocked on the receiver, there would be one or two; the slack is for
+    # a loaded machine, where a poll emitting 1,000 events can take a few hundred ms.
+    assert len(health) >= 10, gaps
+    assert max(gaps) < 2.0, gaps
     out = {o["name"]: o for o in health[-1]["arp_sensor"]["health"]["outputs"]}
     assert out[spec]["dropped"] > 0 and out[spec]["queued"] <= 200 + 512, out
     assert out[f"file:{log}"]["dropped"] == 0

@@ -130,6 +130,7 @@ class FileSink(Sink):
         self.path = path
         self._fd: int | None = None
         self._reopen = False
+        self._closed = False
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -152,6 +153,9 @@ class FileSink(Sink):
 
     def put(self, data: bytes) -> None:
         with self._lock:
+            if self._closed:
+                self.dropped += 1
+                return
             if self._reopen or self._fd is None:
                 self._reopen_now()
             if self._fd is None:
@@ -171,6 +175,7 @@ class FileSink(Sink):
 
     def close(self, deadline: float) -> None:
         with self._lock:
+            self._closed = True
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
