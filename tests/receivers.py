@@ -168,11 +168,12 @@ class ForwardReceiver(_Server):
     `{"ack": chunk}` unless `ack` is False (a receiver that crashes before acking).
     """
 
-    def __init__(self, port: int = 0, ack: bool = True) -> None:
+    def __init__(self, port: int = 0, ack: bool = True, ack_limit: int | None = None) -> None:
         self.events: list[tuple[str, float, dict[str, Any], str | None]] = []
         self.messages: list[tuple[str, int, str | None]] = []  # (mode, events, chunk)
         self.acked: list[str] = []
         self.ack = ack
+        self.ack_limit = ack_limit  # ack this many chunks, then go silent (a receiver about to crash)
         self.lock = threading.Lock()
         super().__init__(port)
 
@@ -213,7 +214,7 @@ class ForwardReceiver(_Server):
         with self.lock:
             self.messages.append((mode, len(entries), chunk))
             self.events.extend((tag, float(t), rec, chunk) for t, rec in entries)
-        if chunk and self.ack:
+        if chunk and self.ack and (self.ack_limit is None or len(self.acked) < self.ack_limit):
             self.acked.append(chunk)
             return {"ack": chunk}
         return None

@@ -223,6 +223,37 @@ def test_tcp_receiver_killed_and_restarted():
     assert st["sent"] + st["dropped"] == 300
 
 
+def test_forward_acked_chunks_kept_unacked_resent_after_crash():
+    """The receiver acks two chunks, takes a third without acking, and dies: after its restart the
+    third chunk arrives again (same id) and nothing acknowledged is sent twice."""
+    r = ForwardReceiver(ack_limit=2)
+    port = r.port
+    spec = f"forward://127.0.0.1:{port}?chunk=1&batch=50&ack_timeout=30"
+    events = sample_events(600)
+    d = build_outputs([spec])
+    try:
+        for ev in events:
+            d.emit(ev)
+        wait_for(lambda: len(r.messages) >= 3, 10, "a third chunk at the receiver")
+        r.stop()
+        acked_ids = list(r.acked)
+        doomed = r.messages[2][2]
+        first = [rec for (_, _, rec, c) in r.events if c in acked_ids]
+        assert d.stats()[spec]["sent"] == len(first)  # sent == acknowledged, exactly
+        r2 = ForwardReceiver(port)
+        try:
+            wait_for(lambda: d.stats()[spec]["sent"] == 600, 15, "everything acked after the restart")
+            second = [validate_event(x) for x in r2.records()]
+            chunks = [c for _, _, c in r2.messages]
+        finally:
+            d.close(2)
+            r2.stop()
+    finally:
+        d.close(0)
+    assert chunks[0] == doomed and not set(chunks) & set(acked_ids)
+    assert ids(first + second) == ids(events)  # no gap, no duplicate of an acknowledged event
+
+
 def test_forward_receiver_killed_mid_stream_no_acked_event_lost():
     """At-least-once: a receiver that dies before acking gets the same chunk again after restart."""
     r = ForwardReceiver(ack=False)  # receives, then 'crashes' before acking
