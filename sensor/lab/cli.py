@@ -40,7 +40,11 @@ def lab() -> None:
 @click.option("--nodes", "-N", type=int, required=True, help="Number of BIRD nodes (2..prefix size).")
 @name_option
 @click.option("--prefix", default="198.18.0.0/24", show_default=True, help="Node addresses (inside 198.18.0.0/15).")
-@click.option("--vlan", type=int, help="Put the node addresses on eth0.<VLAN> so the wire carries 802.1Q tags.")
+@click.option(
+    "--vlan",
+    type=int,
+    help="Tag every frame on the wire with 802.1Q VLAN ID (tc programs on each eth0; no 8021q module needed).",
+)
 @click.option(
     "--hold-time",
     default=str(birdconf.LAB_HOLD_TIME),

@@ -3,7 +3,7 @@
 Layout of a lab called NAME with N nodes:
 - netns `NAME-sw` holds the "switch": a Linux bridge `NAMEbr` with one port `NAMEp<i>` per node;
 - netns `NAME-n<i>` is node i: `eth0` (the other end of `NAMEp<i>`) with the i-th address of the prefix
-  (on `eth0.<vlan>` when a VLAN is given, so the wire carries tagged frames), and a BIRD whose config,
+  (with a VLAN, tc programs tag its frames on the wire: sensor.lab.vlanwire), and a BIRD whose config,
   control socket, pid file and log live in /run/arp-sensor/lab/NAME/.
 Nothing is ever created in the root namespace, so deleting the lab's namespaces and killing every process
 whose command line names the state directory removes everything, even after a crash (`Lab.destroy`).
@@ -17,7 +17,6 @@ peers with a *higher* IP reconnect (Calico's unidirectional mesh), so the highes
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import json
 import os
@@ -36,7 +35,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from sensor.errors import EXIT_ENV, EXIT_INTERNAL, SensorError
-from sensor.lab import birdconf
+from sensor.lab import birdconf, vlanwire
 
 STATE_ROOT = Path(os.environ.get("ARP_SENSOR_LAB_DIR", "/run/arp-sensor/lab"))
 NETNS_DIR = "/run/netns"
@@ -206,8 +205,8 @@ class Lab:
 
     @property
     def iface(self) -> str:
-        """The interface that carries the node's address (eth0, or eth0.<vlan>)."""
-        return f"eth0.{self.vlan}" if self.vlan else "eth0"
+        """The interface that carries the node's address (always eth0; with --vlan its frames are tagged)."""
+        return "eth0"
 
     def node(self, ref: str | int) -> Node:
         """A node by name (n3), index (3) or IP address."""
@@ -390,27 +389,18 @@ class Lab:
             eth0 = ipr.link_lookup(ifname="eth0")[0]
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             ipr.link("set", index=eth0, state="up")
-            addr_if = eth0
             if self.vlan:
-                try:
-                    ipr.link("add", ifname=self.iface, kind="vlan", link=eth0, vlan_id=self.vlan)
-                except NetlinkError as e:
-                    if e.code == errno.EOPNOTSUPP:
-                        raise SensorError(
-                            "lab: --vlan needs 802.1Q support in the kernel (CONFIG_VLAN_8021Q), "
-                            "which this kernel lacks",
-                            EXIT_ENV,
-                        ) from None
-                    raise
-                addr_if = ipr.link_lookup(ifname=self.iface)[0]
-                ipr.link("set", index=addr_if, state="up")
+                # tagged on the wire, untagged in the stack: works without the kernel's 8021q module
+                vlanwire.attach(ipr, eth0, self.vlan, n.netns)
             plen = ipaddress.IPv4Network(self.prefix).prefixlen
-            ipr.addr("add", index=addr_if, address=n.ip, prefixlen=plen)
+            ipr.addr("add", index=eth0, address=n.ip, prefixlen=plen)
         # per device: a new namespace has no neigh/default of its own (the kernel shares init_net's)
         _write_sysctl_in(n.netns, {f"net/ipv4/neigh/{self.iface}/base_reachable_time_ms": str(NEIGH_REACHABLE_MS)})
         with ipr_in(self.switch_netns) as sw:
             br = sw.link_lookup(ifname=self.bridge)[0]
             sw.link("set", index=sw.link_lookup(ifname=n.port)[0], master=br, state="up")
+        if self.vlan:
+            vlanwire.tag_in_frame(self.switch_netns, n.port)
 
     # ---- BIRD
     def _bird_pid(self, n: Node) -> int | None:
