@@ -285,3 +285,34 @@ def prog_fd_by_id(prog_id: int) -> int:
     attr = _attr()
     _put(attr, 0, ctypes.c_uint32, prog_id)
     return _bpf(BPF_PROG_GET_FD_BY_ID, attr)
+
+
+def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_addr: int, value_slot: int,
+                          max_entries: int) -> int:
+    """BPF_MAP_LOOKUP_BATCH into caller-owned buffers (no allocation, no copy): `max_entries` keys of
+    key_size bytes at keys_addr, values of value_slot bytes each (for per-CPU maps:
+    percpu_value_size(value_size) * possible_cpus()) at values_addr. Returns how many were read."""
+    token = ctypes.c_uint32(0)
+    total = 0
+    first = True
+    while total < max_entries:
+        attr = _attr()
+        _put(attr, 0, ctypes.c_uint64, 0 if first else ctypes.addressof(token))
+        _put(attr, 8, ctypes.c_uint64, ctypes.addressof(token))
+        _put(attr, 16, ctypes.c_uint64, keys_addr + key_size * total)
+        _put(attr, 24, ctypes.c_uint64, values_addr + value_slot * total)
+        _put(attr, 32, ctypes.c_uint32, max_entries - total)
+        _put(attr, 36, ctypes.c_uint32, map_fd)
+        first = False
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        except BpfError as e:
+            total += _get(attr, 32, ctypes.c_uint32)
+            if e.errno == errno.ENOENT:  # the end of the map: the normal way out
+                break
+            raise
+        got = _get(attr, 32, ctypes.c_uint32)
+        total += got
+        if got == 0:
+            break
+    return total

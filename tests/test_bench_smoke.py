@@ -105,6 +105,7 @@ def test_userspace_smoke() -> None:
         for rnd in r["rounds"]:
             # every entry was touched once more: 200 live entries, one request each, all active
             assert (rnd["entries"], rnd["windows"], rnd["requests"]) == (200, targets, 200)
+            assert rnd["chosen"] == min(20, targets)
     mem = userspace.kernel_memory()
     counts = next(m for m in mem if m["name"] == "arp_counts")
     # the formula matches this kernel's own accounting up to the fixed map header
