@@ -134,7 +134,9 @@ class SensorProcess:
             self.proc.communicate()
 
     def events(self, dataset: str | None = None) -> list[dict]:
-        evs = [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        from tests.fixtures_schema import parse_events  # each line validated against the event schema
+
+        evs = parse_events(self.stdout)
         return [e for e in evs if dataset is None or e["event"]["dataset"] == dataset]
 
 
