@@ -18,17 +18,21 @@ import tty
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from sensor.aggregate import Interval
+if TYPE_CHECKING:  # numpy and the reader load only when top runs, not for `arp-sensor --help`
+    from sensor.aggregate import Interval
 from sensor.limitstage import RATELIMIT_KEYS, ratelimit_options
 from sensor.peers.stage import peer_options
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY = 16  # intervals of history per IP (the sparkline's width)
 MAX_TRACKED = 4096  # IPs with history: an attacker chooses target IPs, keep memory bounded
+# Windows come busiest first; under a storm of 100k entries the tail cannot reach the screen anyway.
+MAX_WINDOWS = 8192
 SORTS = ("requests", "senders", "ip")
 
 
@@ -63,7 +67,7 @@ class TopState:
     def update(self, iv: Interval) -> None:
         self.intervals += 1
         seen: dict[str, Row] = {}
-        for w in iv.windows:
+        for w in islice(iv.windows, MAX_WINDOWS):
             r = seen.get(w.key.ip)
             if r is None:
                 old = self.rows.get(w.key.ip)
@@ -218,7 +222,7 @@ def top(interfaces: tuple[str, ...], attach: str, interval: float, sort: str, ro
                       min_requests=1 << 62)  # no target events: the table is the output
     limit_cfg = config_from_cli({k: peer_opts.pop(k) for k in RATELIMIT_KEYS}, interval, attach)
     check_options(opts)
-    notes: list[str] = []
+    notes: deque[str] = deque(maxlen=3)  # the latest messages about the sensor itself, for the caption
 
     def log(msg: str) -> None:
         notes.append(msg)
@@ -248,7 +252,7 @@ def top(interfaces: tuple[str, ...], attach: str, interval: float, sort: str, ro
     def footer() -> list[str]:
         out = [] if have_peers else ["no BIRD socket or peers file: BGP columns empty"]
         out.append(f"rate limits: {limit_cfg.mode}" if limiter else "rate limits: off (--rate-limit)")
-        return out + notes[-3:]
+        return out + list(notes)
 
     try:
         runner.start()
