@@ -48,7 +48,7 @@ def test_unit_keys():
     assert svc["Restart"] == ["on-failure"]
     assert "2" in svc["RestartPreventExitStatus"][0].split()  # bad config does not heal by restarting
     caps = set(svc["CapabilityBoundingSet"][0].split())
-    assert {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE"} <= caps
+    assert caps == {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE"}
     assert "ProtectKernelModules" not in svc  # it would hide /lib/modules from bcc
     assert any(v.startswith("-/etc/default/arp-sensor") for v in svc["EnvironmentFile"])
     assert f"{config.ENV_VAR}=/etc/arp-sensor/config.toml" in svc["Environment"]
@@ -66,6 +66,42 @@ def test_systemd_analyze_verify(tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def _setpriv_caps(names: list[str]) -> str:
+    """CAP_NET_ADMIN / NET_ADMIN → setpriv's `-all,+net_admin,...`."""
+    return ",".join(["-all"] + ["+" + n.lower().removeprefix("cap_") for n in names])
+
+
+def _unit_caps() -> list[str]:
+    return parse_unit(UNIT.read_text())["Service"]["CapabilityBoundingSet"][0].split()
+
+
+def _daemonset_caps() -> list[str]:
+    ds = next(d for d in _docs() if d["kind"] == "DaemonSet")
+    return ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+
+
+@needs_root
+@pytest.mark.root
+@pytest.mark.parametrize("source", ["unit", "daemonset", "too-few"])
+def test_sensor_runs_with_the_shipped_capabilities(veth_pair, tmp_path, source):
+    """uid 0 with only the capabilities the unit / DaemonSet grant: bcc compiles, loads and attaches.
+    Without CAP_BPF it fails with one line and exit 3 (so the set is what makes it work)."""
+    caps = {"unit": _unit_caps, "daemonset": _daemonset_caps, "too-few": lambda: ["CAP_NET_ADMIN"]}[source]()
+    assert "SYS_ADMIN" not in " ".join(caps)
+    ready = tmp_path / "ready"
+    r = subprocess.run(["ip", "netns", "exec", veth_pair.b, "setpriv", "--bounding-set", _setpriv_caps(caps),
+                        "--inh-caps", "-all", *sensor_cmd("run", "-i", veth_pair.b_if, "--duration", "1.5",
+                                                          "--ready-file", str(ready))],
+                       capture_output=True, text=True, env=sensor_env(), cwd=REPO, timeout=120)
+    if source == "too-few":
+        assert r.returncode == 3 and "Operation not permitted" in r.stderr and len(r.stderr.splitlines()) == 1
+        return
+    assert r.returncode == 0, r.stderr
+    assert ready.exists()  # attached
+    assert '"arp_sensor.health"' in r.stdout
+    assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
 
 
 def test_example_config_is_accepted():
