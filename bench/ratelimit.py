@@ -234,9 +234,10 @@ def render(cost: list[dict], storm: list[Phase] | None, repeat: int, runs: int) 
             "limits (`--limit-pps` 0.02, `--limit-burst` 1) on all six live nodes, verdicts from their own "
             "BIRD (`--bird-socket`). ARP requests for the two dead IPs counted on the bridge by tcpdump in the "
             "switch namespace; each phase equally long, measured once the limits were in place. *Asked* is "
-            "what the hosts' kernels sent towards the wire (bridge + dropped on egress): the storm's own rate "
-            "drifts between phases (BIRD backs off its reconnects, `error wait time`), so the fair reduction "
-            "is the one within a phase, *cut*; *vs no limits* compares with the first phase.",
+            "what the hosts' kernels sent towards the wire (bridge + dropped on egress). The storm's own rate "
+            "varies from phase to phase with BIRD's reconnect timers, so *cut*, the share of the hosts' "
+            "requests dropped within the same phase, is the reduction that does not depend on it; *vs no "
+            "limits* compares the bridge with the first phase.",
             "",
         ]
         body = []
