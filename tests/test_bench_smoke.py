@@ -27,7 +27,7 @@ def test_discovery_finds_every_benchmark() -> None:
     from bench.__main__ import discover
 
     benches = discover()
-    for name in ("prog_cost", "flood", "userspace"):
+    for name in ("prog_cost", "flood", "userspace", "incident"):
         assert name in benches
     assert "report" not in benches and "__main__" not in benches
 
@@ -112,3 +112,26 @@ def test_userspace_smoke() -> None:
     assert 0 <= counts["reported_here"] - counts["computed_here"] < 4096
     text = userspace.render([r], mem, 2)
     assert "## Userspace scaling" in text and "64 CPUs" in text
+
+
+def test_incident_victims_spare_the_sensor_and_the_highest_node() -> None:
+    from bench.incident import victims_for
+
+    for nodes, want in ((8, 2), (20, 4), (50, 10)):
+        v = victims_for(nodes, 0.2, nodes // 2)
+        assert len(v) == want and nodes // 2 not in v and nodes not in v and all(1 <= i < nodes for i in v)
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.slow
+@needs_root
+def test_incident_smoke() -> None:
+    from bench import incident
+
+    r = incident.run_one(4, 0.2, window=3.0, steady_s=2.0, log=lambda _m: None)
+    assert r["dead"] == 1 and r["victims"] == ["n3"]
+    assert r["detected"] == 1 and r["false_positives"] == [] and r["delay_median_s"] > 0
+    assert r["bridge_arp_per_s"] >= r["bridge_dead_arp_per_s"] >= 0
+    text = incident.render([r, {"nodes": 9, "error": "too big"}], 0.2, 3.0, 2.0)
+    assert "## The incident, scaled" in text and "failed: too big" in text
