@@ -160,34 +160,59 @@ def map_lookup_percpu(map_fd: int, key: bytes, value_size: int) -> bytes | None:
 
 def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: int,
                      percpu: bool = False) -> tuple[bytes, bytes, int]:
-    """BPF_MAP_LOOKUP_BATCH over a whole hash map (kernel >= 5.6).
+    """BPF_MAP_LOOKUP_BATCH over a whole hash map (kernel >= 5.6), always to its end.
 
     Returns (keys, values, count): raw buffers with `count` packed keys and values (per-CPU values are
-    possible_cpus() slots each). The buffers hold max_entries, so a full map is read in one pass
-    unless concurrent inserts move entries between buckets; those are read in the following calls.
+    possible_cpus() slots each). The read is not atomic: while the kernel inserts and evicts (an LRU map
+    under a flood of new keys), entries evicted behind the cursor and entries inserted ahead of it are both
+    read, so `count` can exceed max_entries. The buffers get headroom for that and grow when the kernel
+    says a bucket does not fit (ENOSPC); stopping early instead would drop the tail of the map from the
+    snapshot (and a later snapshot would then see its whole cumulative count as new).
     """
     vsize = percpu_value_size(value_size) * possible_cpus() if percpu else value_size
-    keys = ctypes.create_string_buffer(key_size * max_entries)
-    values = ctypes.create_string_buffer(vsize * max_entries)
+    cap = max_entries + max(64, max_entries // 8)
+    limit = 4 * max_entries + 1024  # never grow without bound: past this, return what was read
+    keys = ctypes.create_string_buffer(key_size * cap)
+    values = ctypes.create_string_buffer(vsize * cap)
     token = ctypes.c_uint32(0)
     total = 0
     first = True
-    while total < max_entries:
+
+    def grow() -> bool:
+        nonlocal cap, keys, values
+        if cap >= limit:
+            return False
+        cap = min(cap * 2, limit)
+        nk, nv = ctypes.create_string_buffer(key_size * cap), ctypes.create_string_buffer(vsize * cap)
+        ctypes.memmove(nk, keys, key_size * total)
+        ctypes.memmove(nv, values, vsize * total)
+        keys, values = nk, nv
+        return True
+
+    while True:
+        if cap - total < 16 and not grow():
+            break
         attr = _attr()
         _put(attr, 0, ctypes.c_uint64, 0 if first else ctypes.addressof(token))
         _put(attr, 8, ctypes.c_uint64, ctypes.addressof(token))
         _put(attr, 16, ctypes.c_uint64, ctypes.addressof(keys) + key_size * total)
         _put(attr, 24, ctypes.c_uint64, ctypes.addressof(values) + vsize * total)
-        _put(attr, 32, ctypes.c_uint32, max_entries - total)
+        _put(attr, 32, ctypes.c_uint32, cap - total)
         _put(attr, 36, ctypes.c_uint32, map_fd)
-        first = False
         try:
             _bpf(BPF_MAP_LOOKUP_BATCH, attr)
         except BpfError as e:
-            total += _get(attr, 32, ctypes.c_uint32)
             if e.errno == errno.ENOENT:  # the end of the map: the normal way out
+                total += _get(attr, 32, ctypes.c_uint32)
+                break
+            if e.errno == errno.ENOSPC:
+                # The next bucket is bigger than the room left (the kernel read nothing in this call and
+                # left the token on that bucket): grow and resume there.
+                if grow():
+                    continue
                 break
             raise
+        first = False
         got = _get(attr, 32, ctypes.c_uint32)
         total += got
         if got == 0:

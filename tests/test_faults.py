@@ -261,3 +261,20 @@ def test_foreign_tc_bpf_filter_on_egress_keeps_running(veth_pair, sensor, verdic
             assert ("egress", "198.18.0.61", dev) not in got
     finally:
         foreign.close()
+
+
+def test_foreign_filter_at_our_priority_is_a_conflict(veth_pair, sensor):
+    """A foreign filter already at one of arp-sensor's tc priorities: exit 4 with one line, the foreign
+    filter stays, and nothing of ours is left behind (not even the XDP attached before the tc step)."""
+    from sensor.datapath import TC_PRIO_BASE
+
+    ns, dev = veth_pair.b, veth_pair.b_if
+    ns_exec(ns, "tc", "qdisc", "add", "dev", dev, "clsact")
+    ns_exec(ns, "tc", "filter", "add", "dev", dev, "egress", "prio", str(TC_PRIO_BASE), "protocol", "arp", "u32",
+            "match", "u32", "0", "0")
+    before = attached_programs(ns, dev)
+    s = sensor(ns, ["-i", dev, "--duration", "5"], wait=False)
+    assert s.finish() == 4
+    assert s.stderr.strip().count("\n") == 0 and f"priority {TC_PRIO_BASE}" in s.stderr, s.stderr
+    assert "Traceback" not in s.stderr
+    assert attached_programs(ns, dev) == before

@@ -262,3 +262,19 @@ def test_reference_parser_on_known_frames():
     inner = F.arp_request("198.18.0.1", "198.18.0.2", vlans=[(F.ETH_P_8021Q, 20)])
     assert classify(inner, skb_vlan=10).vlan == 10
     assert struct.calcsize("!HHBBH6s4s6s4s") == ARP_LEN
+
+
+def test_batch_read_always_reaches_the_end_of_the_map(dp, reader):
+    """The map reader never cuts a snapshot short. Under a flood of new keys a batch read sees more
+    entries than the map holds (evicted behind the cursor, inserted ahead of it); here the same situation
+    is forced by buffers sized for 100 entries over a map holding 1000: the read grows and gets them all
+    (it used to stop at 100, or fail with ENOSPC when the next bucket did not fit)."""
+    from sensor.layout import ARP_KEY, ARP_VAL
+
+    harness = Harness(dp, reader)
+    harness.reset_maps()
+    for i in range(1000):
+        bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", f"198.19.{i // 250}.{i % 250 + 1}"))
+    keys, _values, n = bpfsys.map_lookup_batch(dp.map_fds[0], ARP_KEY.size, ARP_VAL.size, 100, percpu=True)
+    assert n == 1000 and len(set(ARP_KEY.iter_unpack(keys))) == 1000
+    harness.reset_maps()
