@@ -316,7 +316,12 @@ def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_add
                           max_entries: int) -> int:
     """BPF_MAP_LOOKUP_BATCH into caller-owned buffers (no allocation, no copy): `max_entries` keys of
     key_size bytes at keys_addr, values of value_slot bytes each (for per-CPU maps:
-    percpu_value_size(value_size) * possible_cpus()) at values_addr. Returns how many were read."""
+    percpu_value_size(value_size) * possible_cpus()) at values_addr. Returns how many were read.
+
+    The read is not atomic: under churn (an LRU map flooded with new keys) it can meet more entries than
+    the map holds, so callers give the buffers headroom (MapReader does). If they still fill up, the read
+    stops there and returns what it has; the kernel's ENOSPC (next bucket bigger than the room left) is
+    never raised into the poll loop."""
     token = ctypes.c_uint32(0)
     total = 0
     first = True
@@ -334,6 +339,8 @@ def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_add
         except BpfError as e:
             total += _get(attr, 32, ctypes.c_uint32)
             if e.errno == errno.ENOENT:  # the end of the map: the normal way out
+                break
+            if e.errno == errno.ENOSPC and total > 0:  # the buffer is full: return what fits
                 break
             raise
         got = _get(attr, 32, ctypes.c_uint32)

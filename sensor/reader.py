@@ -147,11 +147,13 @@ class MapReader:
         """One batch read of the whole map into buffers kept between reads (allocating and zeroing
         megabytes per interval cost more than the numpy work); valid until the next read."""
         slot = bpfsys.percpu_value_size(ARP_VAL.size) * self.ncpu
+        # Headroom: a read under churn meets entries evicted behind it and inserted ahead of it.
+        room = self.max_entries + self.max_entries // 8 + 64
         if self._kbuf is None:
-            self._kbuf = np.empty(ARP_KEY.size * self.max_entries, dtype=np.uint8)
-            self._vbuf = np.empty(slot * self.max_entries, dtype=np.uint8)
+            self._kbuf = np.empty(ARP_KEY.size * room, dtype=np.uint8)
+            self._vbuf = np.empty(slot * room, dtype=np.uint8)
         n = bpfsys.map_lookup_batch_into(self.map_fd, self._kbuf.ctypes.data, ARP_KEY.size,
-                                         self._vbuf.ctypes.data, slot, self.max_entries)
+                                         self._vbuf.ctypes.data, slot, room)
         return memoryview(self._kbuf)[: ARP_KEY.size * n], memoryview(self._vbuf)[: slot * n], n
 
     def read_table(self) -> EntryTable:

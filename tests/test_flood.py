@@ -167,7 +167,8 @@ def test_spoofed_target_flood(veth_pair, sensor, tmp_path):
     assert all(m == memory[0] for m in memory), memory
     # The reported live entries stay at the bound. A snapshot is not atomic (entries evicted behind the
     # reader and inserted ahead of it are both read), so allow the reader's headroom and no more.
-    assert all(h["entries_max"] == MAX_ENTRIES and h["entries_live"] <= MAX_ENTRIES * 9 // 8 for _, h in ivs)
+    headroom = MAX_ENTRIES // 8 + 64
+    assert all(h["entries_max"] == MAX_ENTRIES and h["entries_live"] <= MAX_ENTRIES + headroom for _, h in ivs)
     # Evictions happen and are reported, and nothing fails to insert.
     assert max(h["entries_live"] for _, h in flood_ivs) >= MAX_ENTRIES * 0.9  # it did fill up
     total_requests = sum(h["request"] for _, h in ivs)

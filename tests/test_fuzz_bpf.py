@@ -278,3 +278,26 @@ def test_batch_read_always_reaches_the_end_of_the_map(dp, reader):
     keys, _values, n = bpfsys.map_lookup_batch(dp.map_fds[0], ARP_KEY.size, ARP_VAL.size, 100, percpu=True)
     assert n == 1000 and len(set(ARP_KEY.iter_unpack(keys))) == 1000
     harness.reset_maps()
+
+
+def test_batch_read_into_a_full_buffer_returns_what_fits(dp, reader):
+    """The reader's zero-copy read into its own buffers cannot grow them: when a churned map meets it
+    with more entries than the room left, it returns what fits instead of raising ENOSPC into the poll
+    loop (which would have ended the sensor). Forced here with buffers of 50-449 entries over a map of
+    1000: the old loop raised ENOSPC for every size where a bucket of two or more straddled the end."""
+    import numpy as np
+
+    from sensor.layout import ARP_KEY, ARP_VAL
+
+    harness = Harness(dp, reader)
+    harness.reset_maps()
+    for i in range(1000):
+        bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", f"198.19.{i // 250}.{i % 250 + 1}"))
+    slot = bpfsys.percpu_value_size(ARP_VAL.size) * bpfsys.possible_cpus()
+    for room in range(50, 450):
+        kbuf = np.empty(ARP_KEY.size * room, dtype=np.uint8)
+        vbuf = np.empty(slot * room, dtype=np.uint8)
+        n = bpfsys.map_lookup_batch_into(dp.map_fds[0], kbuf.ctypes.data, ARP_KEY.size, vbuf.ctypes.data, slot,
+                                         room)
+        assert room - 8 <= n <= room
+    harness.reset_maps()
