@@ -165,17 +165,19 @@ def test_ten_megabyte_reply_is_parsed_or_refused_without_false_peers(sock):
     book = PeerBook([sock], timeout=3.0, budget=3.0, retry_s=0.0)
     ev, took = timed_refresh(book, 1.0)
     assert took < 6.0
-    peak = peak_refresh(book, 2.0)
-    print(f"10 MB reply: {took:.2f} s, peak {peak / MiB:.1f} MiB, events {[e['message'] for e in ev]}")
-    assert peak < 128 * MiB
     if ev:  # too slow for the deadline on a loaded machine: a warning, and no half-read state
         assert [e["event"]["action"] for e in ev] == ["peer-source-unavailable"]
         assert book.peers() == []
-        _recover(book, sock, hostile)
     else:
         assert [p.ip for p in book.peers()] == ["198.18.0.9"]
         assert book.get("198.18.0.9").established
-        hostile.close()
+    # Memory, on a second refresh (tracemalloc slows it down: it may time out, which is fine).
+    peak = peak_refresh(book, 2.0)
+    print(f"10 MB reply: {took:.2f} s, peak {peak / MiB:.1f} MiB, events {[e['message'] for e in ev]}")
+    assert peak < 128 * MiB
+    p = book.get("198.18.0.9")
+    assert p is None or p.established or p.bgp_state is None  # established or unknown, never wrong
+    hostile.close()
 
 
 def test_trickle_one_byte_at_a_time_is_bounded_by_the_deadline(sock):
