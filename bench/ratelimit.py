@@ -235,7 +235,7 @@ def render(cost: list[dict], storm: list[Phase] | None, repeat: int, runs: int) 
             "BIRD (`--bird-socket`). ARP requests for the two dead IPs counted on the bridge by tcpdump in the "
             "switch namespace; each phase equally long, measured once the limits were in place. *Asked* is "
             "what the hosts' kernels sent towards the wire (bridge + dropped on egress). The storm's own rate "
-            "varies from phase to phase with BIRD's reconnect timers, so *cut*, the share of the hosts' "
+            "varies from phase to phase, so *cut*, the share of the hosts' "
             "requests dropped within the same phase, is the reduction that does not depend on it; *vs no "
             "limits* compares the bridge with the first phase.",
             "",

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from sensor.errors import SensorError
 from sensor.events import Event
 from sensor.layout import DIR_EGRESS, DIR_INGRESS
 from sensor.peers import peer_fields
@@ -30,6 +31,7 @@ class RateLimitStage:
         self.log = log or (lambda msg: None)
         self.runner: Any = None
         self.lm = None
+        self.map_full_logged = False
 
     def install(self, runner: Any) -> None:
         """Register after the PeerStage: its hook updates the verdicts this one reads."""
@@ -72,7 +74,13 @@ class RateLimitStage:
                     add(key.ip, val)
         now_ns = time.monotonic_ns()
         for key in sorted(want, key=lambda k: (k.ip, k.ifindex, k.dir)):
-            lm.apply(key, self.cfg.pps, self.cfg.burst, self.cfg.ttl_s, self.cfg.dry_run, now_ns)
+            try:
+                lm.apply(key, self.cfg.pps, self.cfg.burst, self.cfg.ttl_s, self.cfg.dry_run, now_ns)
+            except SensorError as e:  # the kernel map is full (many IPs x interfaces): keep what fits
+                if not self.map_full_logged:
+                    self.map_full_logged = True
+                    self.log(f"{e}: some limits not applied")
+                continue
             val = lm.get(key)
             if val is not None:
                 add(key.ip, val)

@@ -96,6 +96,12 @@ class SessionWatch(threading.Thread):
             self.halt.wait(1.0)
 
 
+def _ts(ev: dict) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ev["@timestamp"].replace("Z", "+00:00")).timestamp()
+
+
 def wait_until(pred, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while not pred():
@@ -143,9 +149,12 @@ def test_enforce_cuts_dead_peer_arp_on_the_bridge_and_spares_live_peers(lab_fact
         before, after = count(limited, t0, t1), count(limited, t2, t3)
         ctl_before, ctl_after = count(control, t0, t1), count(control, t2, t3)
         per_pair = Counter((ip_of.get(f.sender), f.target) for f in frames if t2 <= f.ts < t3)
+        dropped_b = sum(e["arp"]["dropped"] for s in sensors for e in s.events("arp_sensor.ratelimit")
+                        if e["event"]["action"] == "ratelimit-dropping" and t2 <= _ts(e) < t3)
         print(f"\nbridge: dead-peer ARP requests from the limited nodes {before} in {t1 - t0:.0f} s without limits, "
-              f"{after} in {t3 - t2:.0f} s with limits ({1 - after / before:.1%} fewer); control nodes "
-              f"{ctl_before} -> {ctl_after}; per (node, target) with limits: {dict(per_pair)}")
+              f"{after} in {t3 - t2:.0f} s with limits ({1 - after / before:.1%} fewer; their sensors dropped "
+              f"{dropped_b} in that window); control nodes {ctl_before} -> {ctl_after}; unlimited "
+              f"(node, target) pairs with limits on: {dict(per_pair)}")
         assert before >= 4 * len(limited), before  # a storm was there to cut
         assert after <= 0.10 * before, (before, after)
         assert ctl_after >= 0.5 * ctl_before  # the storm itself went on: the limits did the cutting
