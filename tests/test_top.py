@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -196,3 +198,148 @@ def test_top_names_the_bgp_peer_and_its_verdict(veth_pair):
     assert mode == "dry-run" and int(would_drop) > 0
     assert "rate limits: dry-run" in tables[-1]
     assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
+
+
+# -- top --events: a running sensor's JSON instead of attaching ---------------------------------------------
+def _ev(ds: str, kind: str, extra: dict, ts: str = "2027-01-15T08:00:01.000Z") -> dict:
+    return {"@timestamp": ts, "event": {"kind": kind, "dataset": ds, **extra.pop("event", {})},
+            "observer": {"hostname": "node-a", **extra.pop("observer", {})},
+            "arp_sensor": {"schema_version": "1", **extra.pop("arp_sensor", {})}, **extra}
+
+
+def _contract_events() -> list[dict]:
+    """Events as the contract (docs/events.md, the JSON Schema) defines them: one interval with two targets,
+    a zombie alert and a dry-run limit that would have dropped 7."""
+    peer = {"name": "Mesh_198_18_0_7", "state": "Active"}
+    target = {"observer": {"ingress": {"interface": {"name": "eth0"}}}, "network": {"direction": "ingress"}}
+    return [
+        _ev("arp_sensor.target", "metric", {**target, "destination": {"ip": "198.18.0.7"}, "bgp": {"peer": peer},
+            "arp": {"requests": 40, "requests_per_sec": 40.0, "replies": 0, "gratuitous": 0, "probes": 0,
+                    "senders": 3, "top_senders": [{"ip": "198.18.0.1", "requests": 30}], "interval_s": 1.0}}),
+        _ev("arp_sensor.target", "metric", {**target, "destination": {"ip": "198.18.0.9"},
+            "arp": {"requests": 2, "requests_per_sec": 2.0, "replies": 1, "gratuitous": 0, "probes": 0,
+                    "senders": 1, "top_senders": [{"ip": "198.18.0.1", "requests": 2}], "interval_s": 1.0}}),
+        _ev("arp_sensor.peer", "alert", {"event": {"action": "zombie-peer-detected"},
+                                         "arp_sensor": {"verdict": "zombie-peer"},
+                                         "destination": {"ip": "198.18.0.7"}, "bgp": {"peer": peer},
+                                         "arp": {"requests": 40, "window_s": 10.0}, "message": "zombie"}),
+        _ev("arp_sensor.ratelimit", "event", {
+            "event": {"action": "ratelimit-applied", "reason": "zombie-peer"},
+            "arp_sensor": {"ratelimit": {"mode": "dry-run", "source": "zombie-peer"}},
+            "destination": {"ip": "198.18.0.7"}, "arp": {"dropped": 0, "would_drop": 0, "limit_pps": 0.02,
+                                                          "limit_burst": 1}, "message": "would limit"}),
+        _ev("arp_sensor.ratelimit", "event", {
+            "event": {"action": "ratelimit-dropping"},
+            "arp_sensor": {"ratelimit": {"mode": "dry-run", "source": "zombie-peer"}},
+            "destination": {"ip": "198.18.0.7"}, "arp": {"dropped": 0, "would_drop": 7, "limit_pps": 0.02,
+                                                          "limit_burst": 1, "interval_s": 1.0},
+            "message": "would have dropped 7"}),
+    ]
+
+
+def test_event_feed_builds_intervals_and_columns():
+    import json
+
+    from sensor.top import EventFeed
+    from tests.fixtures_schema import validate_event
+
+    evs = _contract_events()
+    for ev in evs:
+        validate_event(ev)  # the test's events are the contract's, not made up
+    feed, s = EventFeed(), TopState()
+    lines = [json.dumps(e) for e in evs] + ["not json", '{"foo": 1}']
+    assert all(feed.feed(line) is None for line in lines)  # no health event yet: the interval is open
+    assert feed.skipped == 2
+    iv_ = feed.feed(json.dumps(_ev("arp_sensor.health", "metric", {"arp_sensor": {"health": {"interval_s": 1.0}}})))
+    s.update(iv_)
+    rows = s.sorted_rows("requests")
+    assert [r.ip for r in rows] == ["198.18.0.7", "198.18.0.9"]
+    assert rows[0].rate == 40 and rows[0].senders == 3 and rows[0].top_sender == "198.18.0.1"
+    name, state, verdict, limit = feed.info("198.18.0.7")
+    assert (name, state, verdict) == ("Mesh_198_18_0_7", "Active", "zombie-peer")
+    assert "dry-run 7" in limit
+    assert feed.info("198.18.0.9") == ("", "", "", "")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["top"], "Missing option '-i'"),
+    (["top", "--events", "-", "-i", "eth0"], "not both"),
+    (["top", "--events", "-", "--rate-limit", "enforce"], "--rate-limit only apply with -i"),
+    (["top", "--events", "-", "--bird-socket", "/x.ctl"], "--bird-socket only apply with -i"),
+])
+def test_top_usage_errors(args, needle):
+    from click.testing import CliRunner
+
+    from sensor.cli import cli
+
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and needle in r.output, r.output
+
+
+def test_top_events_missing_file(tmp_path):
+    r = subprocess.run(sensor_cmd("top", "--events", str(tmp_path / "nope.json"), "--once"), capture_output=True,
+                       text=True, env=sensor_env(), cwd=REPO, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().endswith("No such file or directory"), r.stderr
+
+
+@needs_root
+@pytest.mark.root
+def test_top_events_from_a_running_sensor(veth_pair, sensor, tmp_path):
+    """The service's JSON (here: `run` writing to a file) shown by top without attaching anything."""
+    p = sensor(veth_pair.b, ["-i", veth_pair.b_if, "--interval", "0.5", "--duration", "3"])
+    with Traffic(veth_pair):
+        assert p.finish() == 0, p.stderr
+    log = tmp_path / "events.json"
+    log.write_text(p.stdout)
+    for args, stdin in (([str(log)], None), (["-"], p.stdout)):  # a file, and a pipe
+        r = subprocess.run(sensor_cmd("top", "--events", *args, "--once"), input=stdin, capture_output=True,
+                           text=True, env=sensor_env(), cwd=REPO, timeout=60)
+        assert r.returncode == 0, r.stderr
+        rows = [ln for ln in r.stdout.splitlines() if "198.18.0." in ln and "│" in ln]
+        assert rows and BUSY in rows[0], r.stdout
+        cells = [c.strip() for c in rows[0].split("│")]
+        assert cells[4] == "5" and float(cells[2]) > 0
+        assert "events of" in r.stdout
+
+
+@needs_root
+@pytest.mark.root
+def test_top_events_in_a_terminal_reads_keys_from_the_tty(veth_pair, tmux, tmp_path):
+    """`run | top --events -` under a pseudo-terminal: the pipe carries events, q comes from /dev/tty."""
+    status = tmp_path / "status"
+    env = sensor_env()
+    ready = tmp_path / "run.pid"  # run writes its pid there once attached
+    run = ["ip", "netns", "exec", veth_pair.b, *sensor_cmd("run", "-i", veth_pair.b_if, "--interval", "0.5",
+                                                          "--ready-file", str(ready))]
+    top_cmd = sensor_cmd("top", "--events", "-")
+    shell = (f"cd {shlex.quote(str(REPO))} && export PYTHONPATH={shlex.quote(env['PYTHONPATH'])} && "
+             f"unset COLUMNS LINES; {shlex.join(run)} 2>{tmp_path}/run.err | "
+             f"{{ {shlex.join(top_cmd)} 2>{tmp_path}/stderr; echo $? > {status}; }}")
+    subprocess.run([*tmux, "new-session", "-d", "-s", "top", "-x", "200", "-y", "40", shell], check=True)
+    with Traffic(veth_pair):
+        deadline = time.monotonic() + 90
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = _pane(tmux)
+            rows = [ln for ln in screen.splitlines() if "198.18.0." in ln and "│" in ln]
+            if rows and BUSY in rows[0]:
+                break
+            assert not status.exists(), (tmp_path / "stderr").read_text() + (tmp_path / "run.err").read_text()
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"busy target not shown:\n{screen}")
+    subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True)
+    deadline = time.monotonic() + 30
+    while not status.exists():
+        assert time.monotonic() < deadline, f"did not quit:\n{_pane(tmux)}"
+        time.sleep(0.1)
+    assert status.read_text().strip() == "0", (tmp_path / "stderr").read_text()
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    # top attached nothing: the programs there are run's, and go when run stops (a sink that went away
+    # does not stop the sensor by design, so stop it like its service manager would).
+    assert attached_programs(veth_pair.b, veth_pair.b_if)["xdp"]
+    os.kill(int(ready.read_text()), signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while attached_programs(veth_pair.b, veth_pair.b_if) != {"xdp": [], "ingress": [], "egress": []}:
+        assert time.monotonic() < deadline, "run did not detach"
+        time.sleep(0.2)
