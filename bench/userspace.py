@@ -16,9 +16,13 @@ import argparse
 import ipaddress
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.report import machine, median, table, write_section
@@ -51,7 +55,37 @@ def frames_for(n: int, senders: int) -> list[bytes]:
     return out
 
 
-def child(n: int, shape: str, intervals: int) -> dict:
+def perf_profile(work: Callable[[], object], seconds: float = 3.0) -> list[tuple[float, str]]:
+    """Where an interval's CPU time goes: `perf record -e cpu-clock` (a software clock: this VM has no
+    hardware PMU) on this process while `work` runs in a loop; top symbols, kernel and user."""
+    if shutil.which("perf") is None:
+        return []
+    with tempfile.TemporaryDirectory(prefix="arp-perf-") as tmp:
+        data = os.path.join(tmp, "perf.data")
+        rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(os.getpid()),
+                                "-o", data, "--", "sleep", str(seconds)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # perf attaches
+        end = time.monotonic() + seconds - 0.5
+        while time.monotonic() < end:
+            work()
+        rec.wait(timeout=seconds + 30)
+        rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol", "--stdio"],
+                             capture_output=True, text=True, timeout=60)
+    out = []
+    for line in rep.stdout.splitlines():
+        m = re.match(r"^\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.+?)\s*$", line)
+        if m:
+            sym = re.split(r"\s{2,}", m.group(4))[0]
+            sym = sym if not sym.startswith("0x") else f"({os.path.basename(m.group(2))})"
+            out.append((float(m.group(1)), f"{sym} [{'kernel' if m.group(3) == 'k' else 'user'}]"))
+    merged: dict[str, float] = {}
+    for pct, sym in out:  # unresolved addresses of one library add up to one row
+        merged[sym] = merged.get(sym, 0.0) + pct
+    return sorted(((p, s) for s, p in merged.items()), reverse=True)[:8]
+
+
+def child(n: int, shape: str, intervals: int, with_perf: bool = False) -> dict:
     """One size and shape, in this process: fill, then `intervals` measured read+aggregate rounds."""
     from sensor import bpfsys
     from sensor.aggregate import Aggregator, select
@@ -73,7 +107,13 @@ def child(n: int, shape: str, intervals: int) -> dict:
             bpfsys.prog_test_run(fd, fr)
 
     touch()
-    agg.update(reader.snapshot())  # the baseline every later interval is a delta against
+    first = reader.snapshot()
+    agg.update(first)  # the baseline every later interval is a delta against
+    # A second aggregator on the same snapshots, made to forget the previous read's key order before
+    # each update: the price when the set of entries changed (new targets, evictions) and every entry
+    # must be matched again by key, instead of the steady-state reuse.
+    agg_new = Aggregator({1: "lo"})
+    agg_new.update(first)
     hwm_before = _status("VmHWM")
     rows = []
     for _ in range(intervals):
@@ -85,13 +125,21 @@ def child(n: int, shape: str, intervals: int) -> dict:
         t1 = time.perf_counter()
         snap = Snapshot(time.monotonic(), None, reader.read_health(),
                         table=EntryTable.from_raw(keys, vals, count, reader.ncpu))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         iv = agg.update(snap)
         chosen = select(iv.windows, 20, 1)  # what the runner builds by default (--top 20)
         t3, c3 = time.perf_counter(), time.process_time()
+        agg_new._prev_raw = None
+        iv2 = agg_new.update(snap)
+        chosen2 = select(iv2.windows, 20, 1)
+        t4, c4 = time.perf_counter(), time.process_time()
+        assert chosen2 == chosen
         rows.append({"batch_ms": (t1 - t0) * 1e3, "table_ms": (t2 - t1) * 1e3, "agg_ms": (t3 - t2) * 1e3,
-                     "cpu_ms": (c3 - c0) * 1e3, "entries": len(snap.table), "windows": len(iv.windows),
-                     "chosen": len(chosen), "requests": sum(w.requests for w in select(iv.windows, 0, 0))})
+                     "agg_new_ms": (t4 - t3) * 1e3, "cpu_ms": (c3 - c0) * 1e3,
+                     "cpu_new_ms": (c2 - c0 + c4 - c3) * 1e3, "entries": len(snap.table),
+                     "windows": len(iv.windows), "chosen": len(chosen),
+                     "requests": sum(w.requests for w in select(iv.windows, 0, 0))})
+        del iv2, chosen2
         del iv, chosen
     hwm = _status("VmHWM")
     # Once more, walking every window as the verdict engine does (--bird-socket/--peers): its price.
@@ -100,16 +148,21 @@ def child(n: int, shape: str, intervals: int) -> dict:
     t0 = time.perf_counter()
     every = list(iv.windows)
     all_ms = (time.perf_counter() - t0) * 1e3
-    return {"n": n, "shape": shape, "senders": senders, "max_entries": max_entries, "rounds": rows,
+    def interval_changed() -> None:
+        agg_new._prev_raw = None  # every entry matched again: the worse of the two paths
+        select(agg_new.update(reader.snapshot()).windows, 20, 1)
+
+    profile = perf_profile(interval_changed) if with_perf else []
+    return {"n": n, "shape": shape, "senders": senders, "max_entries": max_entries, "rounds": rows, "perf": profile,
             "hwm_before_kb": hwm_before, "hwm_kb": hwm, "all_windows_ms": all_ms, "all_windows": len(every),
             "hwm_all_kb": _status("VmHWM")}
 
 
-def run_child(n: int, shape: str, intervals: int) -> dict:
+def run_child(n: int, shape: str, intervals: int, with_perf: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "bench.userspace", "--child", str(n), "--shape", shape,
-                        "--intervals", str(intervals)], capture_output=True, text=True, env=env, cwd=REPO,
-                       timeout=900)
+                        "--intervals", str(intervals), *(["--perf"] if with_perf else [])], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=900)
     if r.returncode:
         raise RuntimeError(f"userspace child {n}/{shape} exited {r.returncode}: {r.stderr.strip()[-400:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -184,16 +237,18 @@ def render(results: list[dict], mem: list[dict], intervals: int) -> str:
     verdict = None
     for r in results:
         rounds = r["rounds"]
-        med = {k: median([x[k] for x in rounds]) for k in ("batch_ms", "table_ms", "agg_ms", "cpu_ms")}
+        med = {k: median([x[k] for x in rounds]) for k in ("batch_ms", "table_ms", "agg_ms", "cpu_ms",
+                                                          "agg_new_ms", "cpu_new_ms")}
         total = med["batch_ms"] + med["table_ms"] + med["agg_ms"]
         targets = r["n"] // r["senders"]
         body.append([f"{r['n']:,}", r["shape"], f"{targets:,} × {r['senders']}", f"{r['max_entries']:,}",
                      f"{med['batch_ms']:.1f}", f"{med['table_ms']:.1f}", f"{med['agg_ms']:.1f}", f"**{total:.1f}**",
-                     f"**{med['cpu_ms']:.1f}**", f"{r['hwm_kb'] / 1024:.0f} MiB",
+                     f"**{med['cpu_ms']:.1f}**", f"{med['agg_new_ms']:.1f}", f"{med['cpu_new_ms']:.1f}",
+                     f"{r['hwm_kb'] / 1024:.0f} MiB",
                      f"{(r['hwm_kb'] - r['hwm_before_kb']) / 1024:+.1f} MiB", f"{r['all_windows_ms']:.0f}",
                      f"{(r['hwm_all_kb'] - r['hwm_kb']) / 1024:+.1f} MiB"])
         if r["n"] == 100_000 and r["shape"] == "targets":
-            verdict = (total, med["cpu_ms"])
+            verdict = (total, med["cpu_ms"], med["cpu_new_ms"])
     lines = [
         "## Userspace scaling",
         "",
@@ -202,7 +257,11 @@ def render(results: list[dict], mem: list[dict], intervals: int) -> str:
         "interval, what the runner does: `MapReader.snapshot()` — the kernel's `BPF_MAP_LOOKUP_BATCH` copy "
         "(system time, in the kernel) and the numpy tables with per-CPU sums — then `Aggregator.update()` "
         "(deltas, per-target sums, busiest-first order) and `select(top=20)`, which builds the 20 "
-        "TargetWindow objects that become events. Median of "
+        "TargetWindow objects that become events. When a read returns exactly the entries of the "
+        "previous one in the same order (a storm's steady state: same targets, same senders) the "
+        "aggregator reuses its per-key work; `entries changed` is the same interval aggregated as if the "
+        "entries had changed (every entry matched again by key hash): the price under churn such as a "
+        "spoofed-target flood. Median of "
         f"{intervals} intervals, wall time; CPU is the process's user + system time for the same work. "
         "Peak RSS is the process's VmHWM (it includes compiling the program with bcc/LLVM, as the sensor "
         "does at start); `growth` is the peak's rise over the intervals (the cost of the data itself). "
@@ -212,18 +271,32 @@ def render(results: list[dict], mem: list[dict], intervals: int) -> str:
         f"Machine: {machine()}.",
         "",
         table(["entries", "shape", "targets × senders", "--max-entries", "kernel batch read ms", "tables ms",
-               "aggregate + select ms", "total ms", "CPU ms", "peak RSS", "growth", "every window ms",
-               "every window RSS"],
+               "aggregate + select ms", "total ms", "CPU ms", "aggregate, entries changed ms",
+               "CPU, entries changed ms", "peak RSS", "growth", "every window ms", "every window RSS"],
               body),
         "",
     ]
     if verdict is not None:
-        wall, cpu = verdict
+        wall, cpu, cpu_new = verdict
         met = cpu <= TIME_TARGET_MS
         lines.append(f"- Target 100k targets read and aggregated in ≤ {TIME_TARGET_MS:g} ms per interval: "
-                     f"**{'met' if met else 'missed'}** (CPU {cpu:.1f} ms, wall {wall:.1f} ms; judged on CPU "
-                     "time, which other jobs on a shared machine cannot inflate the way they stretch wall "
-                     "time).")
+                     f"**{'met' if met else 'missed'}** in the steady state (CPU {cpu:.1f} ms, wall {wall:.1f} ms); "
+                     f"**{'met' if cpu_new <= TIME_TARGET_MS else 'missed'}** when every entry must be matched "
+                     f"again (CPU {cpu_new:.1f} ms). Judged on CPU time, which other jobs on a shared machine "
+                     "cannot stretch the way they stretch wall time.")
+    prof = next((r for r in results if r.get("perf")), None)
+    if prof:
+        lines += ["", f"Where an interval's CPU time goes at {prof['n']:,} {prof['shape']} with every entry "
+                  "matched again (`perf record -e cpu-clock` on the process while it reads and aggregates in "
+                  "a loop; share of samples):", "",
+                  table(["share", "symbol"], [[f"{p:.1f}%", f"`{sym}`"] for p, sym in prof["perf"]]), "",
+                  "`__htab_map_lookup_and_delete_batch` is the kernel walking every bucket of the hash map and "
+                  "copying each entry's per-CPU values: memory-latency bound, proportional to entries × "
+                  "possible CPUs, and untouched by anything user space does. What would close the gap is a "
+                  "layout that can be read in bulk: per-CPU counters in a direct-mapped array (the "
+                  "`v_direct` variant in the per-packet section, which is also what closes the kernel-side "
+                  "gap), read with one sequential batch copy or an `mmap`-able array, so a read costs memory "
+                  "bandwidth instead of a cache miss per entry."]
     lines += ["", "### Kernel map memory", ""]
     mbody = []
     totals = {c: 0 for c in CPU_COUNTS}
@@ -268,13 +341,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--intervals", type=int, default=5)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--perf", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--shape", default="targets", choices=list(SHAPES), help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     a = ap.parse_args(argv)
     if a.child is not None:
-        print(json.dumps(child(a.child, a.shape, a.intervals)))
+        print(json.dumps(child(a.child, a.shape, a.intervals, a.perf)))
         return
-    results = [run_child(int(n), shape, a.intervals) for n in a.sizes.split(",") for shape in a.shapes.split(",")]
+    sizes = [int(n) for n in a.sizes.split(",")]
+    # perf on the biggest "targets" run only: that is the one the target is about
+    results = [run_child(n, shape, a.intervals, with_perf=(n == max(sizes) and shape == "targets"))
+               for n in sizes for shape in a.shapes.split(",")]
     mem = kernel_memory()
     text = render(results, mem, a.intervals)
     print(text)

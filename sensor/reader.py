@@ -36,12 +36,16 @@ class EntryTable:
     summed): what the aggregator works on, so 100k entries cost a few vector operations per interval
     instead of 100k rounds of Python. IPs stay as read: the 4 wire bytes seen as a little-endian u32."""
 
-    __slots__ = ("count", "dir", "first", "ifindex", "ip", "kind", "peer", "vlan")
+    __slots__ = ("count", "dir", "first", "ifindex", "ip", "kind", "peer", "raw_keys", "vlan")
 
     def __init__(self, ifindex: np.ndarray, ip: np.ndarray, peer: np.ndarray, vlan: np.ndarray,
-                 dir: np.ndarray, kind: np.ndarray, count: np.ndarray, first: np.ndarray) -> None:
+                 dir: np.ndarray, kind: np.ndarray, count: np.ndarray, first: np.ndarray,
+                 raw_keys: bytes | None = None) -> None:
         self.ifindex, self.ip, self.peer, self.vlan = ifindex, ip, peer, vlan
         self.dir, self.kind, self.count, self.first = dir, kind, count, first
+        # The keys as packed bytes, in read order: when the next read has exactly these bytes (the same
+        # entries, in the same buckets), the aggregator reuses all its per-key work.
+        self.raw_keys = raw_keys
 
     def __len__(self) -> int:
         return len(self.count)
@@ -56,7 +60,7 @@ class EntryTable:
                    k["kind"].copy(),
                    v[:, :, 0].sum(axis=1, dtype=np.uint64),
                    # first_seen_ns is stamped on the creating CPU only: the others hold 0
-                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64))
+                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * KEY_DTYPE.itemsize]))
 
     @classmethod
     def from_entries(cls, entries: EntryMap) -> EntryTable:
@@ -65,7 +69,12 @@ class EntryTable:
                 for (i, ip, peer, vlan, d, kind), (c, f) in entries.items()]
         cols = list(zip(*rows, strict=True)) if rows else [()] * 8
         types = (np.uint32, np.uint32, np.uint32, np.uint16, np.uint8, np.uint8, np.uint64, np.uint64)
-        return cls(*(np.array(c, dtype=t) for c, t in zip(cols, types, strict=True)))
+        t = cls(*(np.array(c, dtype=t) for c, t in zip(cols, types, strict=True)))
+        packed = np.zeros(len(rows), dtype=KEY_DTYPE)
+        for name, col in zip(KEY_DTYPE.names, (t.ifindex, t.ip, t.peer, t.vlan, t.dir, t.kind), strict=True):
+            packed[name] = col
+        t.raw_keys = packed.tobytes()
+        return t
 
     def to_entries(self) -> EntryMap:
         ntoa = ip_text
