@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         if rc:
             failed.append(name)
+    if "--no-write" not in argv:
+        from bench.report import rebuild
+
+        rebuild(list(benches))  # sections in benchmark order, a summary of every target on top
     if failed:
         print(f"bench: failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -49,3 +49,40 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
     text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+_BLOCK = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n.*?<!-- /bench:(?P=name) -->\n?", re.S)
+
+
+def sections(doc: Path = DOC) -> dict[str, str]:
+    """name -> the section's text (without its markers), in document order."""
+    text = doc.read_text() if doc.exists() else ""
+    out = {}
+    for m in _BLOCK.finditer(text):
+        body = m.group(0).split("\n", 1)[1].rsplit(f"<!-- /bench:{m['name']} -->", 1)[0]
+        out[m["name"]] = body.strip()
+    return out
+
+
+def verdict_lines(body: str) -> list[str]:
+    """A section's target verdicts: its list items that say **met** or **missed**."""
+    return [ln.strip() for ln in body.splitlines()
+            if ln.lstrip().startswith("- ") and ("**met**" in ln or "**missed**" in ln)]
+
+
+def rebuild(order: list[str], doc: Path = DOC) -> None:
+    """Rewrites the document: the header, a summary of every target's verdict, then the sections in
+    `order` (sections not named there keep their relative order after them)."""
+    found = sections(doc)
+    found.pop("summary", None)
+    names = [n for n in order if n in found] + [n for n in found if n not in order]
+    summary = ["## Targets at a glance", "",
+               "Collected from the sections below (each says how it was measured and how to reproduce it).", ""]
+    for n in names:
+        lines = verdict_lines(found[n])
+        if lines:
+            title = next((ln[3:] for ln in found[n].splitlines() if ln.startswith("## ")), n)
+            summary += [f"**{title}** (`python -m bench.{n}`)", "", *lines, ""]
+    parts = [HEADER.rstrip(), "", f"<!-- bench:summary -->\n{chr(10).join(summary).strip()}\n<!-- /bench:summary -->"]
+    parts += [f"<!-- bench:{n} -->\n{found[n]}\n<!-- /bench:{n} -->" for n in names]
+    doc.write_text("\n\n".join(parts) + "\n")

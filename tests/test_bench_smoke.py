@@ -135,3 +135,18 @@ def test_incident_smoke() -> None:
     assert r["bridge_arp_per_s"] >= r["bridge_dead_arp_per_s"] >= 0
     text = incident.render([r, {"nodes": 9, "error": "too big"}], 0.2, 3.0, 2.0)
     assert "## The incident, scaled" in text and "failed: too big" in text
+
+
+def test_rebuild_orders_sections_and_summarises_verdicts(tmp_path) -> None:
+    doc = tmp_path / "b.md"
+    report.write_section("flood", "## Counting under flood\n\n- Target 100.00% counted: **met** (exact).", doc)
+    report.write_section("prog_cost", "## Per-packet cost\n\n- ARP ≤ 1.5× empty: **missed** (2.8×).\n- plain", doc)
+    report.write_section("other", "## Other\n\nno targets here", doc)
+    report.rebuild(["prog_cost", "flood"], doc)
+    text = doc.read_text()
+    assert text.index("Targets at a glance") < text.index("<!-- bench:prog_cost -->") < text.index(
+        "<!-- bench:flood -->") < text.index("<!-- bench:other -->")
+    summary = report.sections(doc)["summary"]
+    assert "**missed** (2.8×)" in summary and "**met** (exact)" in summary and "plain" not in summary
+    report.rebuild(["prog_cost", "flood"], doc)  # idempotent
+    assert doc.read_text() == text
