@@ -153,7 +153,7 @@ def _stop(proc: subprocess.Popen, sig: int, timeout: float = 30) -> tuple[str, s
         return proc.communicate()
 
 
-def run_once(count: int, ntargets: int, interval: float, workdir: Path) -> FloodResult:
+def run_once(count: int, ntargets: int, interval: float, workdir: Path, senders: int = 1) -> FloodResult:
     targets = target_ips(ntargets)
     cfg = workdir / "arp.trafgen"
     cfg.write_text(trafgen_config(targets))
@@ -190,7 +190,7 @@ def run_once(count: int, ntargets: int, interval: float, workdir: Path) -> Flood
             s0, d0 = cpu_times(sensor.pid), cpu_times(tcpdump.pid)
             t0 = time.monotonic()
             _sh("ip", "netns", "exec", lab.a, "trafgen", "-o", lab.a_if, "-i", str(cfg), "-n", str(count),
-                "-P", "1", "--no-sock-mem", "--notouch-irq", "-C", timeout=300)
+                "-P", str(senders), "--no-sock-mem", "--notouch-irq", "-C", timeout=300)
             t1 = time.monotonic()
             time.sleep(interval * 1.5 + 0.3)  # the sensor polls at least once after the last frame
             t2 = time.monotonic()
@@ -253,7 +253,9 @@ def render(results: list[FloodResult], count: int, ntargets: int, interval: floa
         "## Counting under flood",
         "",
         f"`python -m bench.flood` — two namespaces joined by a veth; `trafgen -P 1` sends {count:,} ARP "
-        f"requests for {ntargets} targets (round robin, 60-byte frames, no rate limit) into the receiving "
+        f"requests for {ntargets} targets (round robin, 60-byte frames, no rate limit: the fastest trafgen "
+        "goes here; with two sender processes it fails on the veth with `Flushing TX_RING failed: "
+        "Resource temporarily unavailable`) into the receiving "
         f"namespace, where `arp-sensor run --interval {interval:g} --top 0` (XDP on the veth, "
         f"{'/'.join(sorted({r.xdp_mode for r in results}))} mode) and "
         "`tcpdump -w` (libpcap, filter `arp`, default buffer) watch the same interface in the same run. "
