@@ -141,21 +141,30 @@ def percpu_value_size(value_size: int) -> int:
     return (value_size + 7) // 8 * 8
 
 
-def map_lookup_percpu(map_fd: int, key: bytes, value_size: int) -> bytes | None:
-    """One per-CPU map element: possible_cpus() slots of value_size rounded up to 8 bytes."""
+def _elem(cmd: int, map_fd: int, key: bytes, value: ctypes.Array | None, flags: int = 0,
+          absent_ok: bool = True) -> bool:
+    """BPF_MAP_*_ELEM on one key (attr: map_fd, key, value, flags). False when the key is absent and
+    absent_ok, so the callers share one place that knows the layout and the ENOENT rule."""
     attr = _attr()
     kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = ctypes.create_string_buffer(percpu_value_size(value_size) * possible_cpus())
     _put(attr, 0, ctypes.c_uint32, map_fd)
     _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
-    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
+    if value is not None:
+        _put(attr, 16, ctypes.c_uint64, ctypes.addressof(value))
+    _put(attr, 24, ctypes.c_uint64, flags)
     try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        _bpf(cmd, attr)
     except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return None
+        if absent_ok and e.errno == errno.ENOENT:
+            return False
         raise
-    return vbuf.raw
+    return True
+
+
+def map_lookup_percpu(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """One per-CPU map element: possible_cpus() slots of value_size rounded up to 8 bytes."""
+    vbuf = ctypes.create_string_buffer(percpu_value_size(value_size) * possible_cpus())
+    return vbuf.raw if _elem(BPF_MAP_LOOKUP_ELEM, map_fd, key, vbuf) else None
 
 
 def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: int,
@@ -223,65 +232,24 @@ def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: i
 def map_lookup(map_fd: int, key: bytes, value_size: int, flags: int = 0) -> bytes | None:
     """One element of a (not per-CPU) map, None when absent. flags=BPF_F_LOCK reads a value that holds
     a bpf_spin_lock under that lock (a consistent copy)."""
-    attr = _attr()
-    kbuf = ctypes.create_string_buffer(key, len(key))
     vbuf = ctypes.create_string_buffer(value_size)
-    _put(attr, 0, ctypes.c_uint32, map_fd)
-    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
-    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
-    _put(attr, 24, ctypes.c_uint64, flags)
-    try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        raise
-    return vbuf.raw
+    return vbuf.raw if _elem(BPF_MAP_LOOKUP_ELEM, map_fd, key, vbuf, flags) else None
 
 
 def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int, flags: int = 0) -> bytes | None:
     """Atomically reads and removes one element of a hash map (kernel >= 5.14); None when absent."""
-    attr = _attr()
-    kbuf = ctypes.create_string_buffer(key, len(key))
     vbuf = ctypes.create_string_buffer(value_size)
-    _put(attr, 0, ctypes.c_uint32, map_fd)
-    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
-    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
-    _put(attr, 24, ctypes.c_uint64, flags)
-    try:
-        _bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr)
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        raise
-    return vbuf.raw
+    return vbuf.raw if _elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, map_fd, key, vbuf, flags) else None
 
 
 def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
     """BPF_MAP_UPDATE_ELEM. Raises BpfError (E2BIG: map full, EEXIST/ENOENT with NOEXIST/EXIST)."""
-    attr = _attr()
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = ctypes.create_string_buffer(value, len(value))
-    _put(attr, 0, ctypes.c_uint32, map_fd)
-    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
-    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(vbuf))
-    _put(attr, 24, ctypes.c_uint64, flags)
-    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+    _elem(BPF_MAP_UPDATE_ELEM, map_fd, key, ctypes.create_string_buffer(value, len(value)), flags, absent_ok=False)
 
 
 def map_delete(map_fd: int, key: bytes) -> bool:
     """BPF_MAP_DELETE_ELEM; False when the key was not there."""
-    attr = _attr()
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    _put(attr, 0, ctypes.c_uint32, map_fd)
-    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(kbuf))
-    try:
-        _bpf(BPF_MAP_DELETE_ELEM, attr)
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _elem(BPF_MAP_DELETE_ELEM, map_fd, key, None)
 
 
 def map_keys(map_fd: int, key_size: int, limit: int = 1 << 20) -> list[bytes]:
