@@ -80,6 +80,17 @@ static __always_inline void bump_health(void)
         h->count += 1;
 }
 
+int v_ethertype(struct xdp_md *ctx)
+{
+    /* The least any program that looks for ARP must do: bounds-check the Ethernet header and compare
+       the ethertype. What every non-ARP frame costs at the very minimum. */
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return XDP_PASS;
+    return eth->h_proto == bpf_htons(ETH_P_ARP) ? XDP_DROP : XDP_PASS;
+}
+
 int v_parse(struct xdp_md *ctx)
 {
     struct vkey k = {};
@@ -324,6 +335,40 @@ def measure_variants(repeat: int, runs: int, fill: int) -> list[dict]:
              "added": v - base, **info.get(p, {})} for p, v in ns.items()]
 
 
+def measure_nonarp(repeat: int, runs: int, ours_fd: int | None = None) -> list[dict]:
+    """Non-ARP IPv4: empty vs the minimal ethertype check vs ours, timed by this thread's CPU clock
+    around each test run (sub-ns resolution: the kernel reports whole ns per repetition, and the 1.05×
+    target is about 1.5 ns here; the CPU clock, unlike the wall clock, stops while other jobs have the
+    core). A syscall's own overhead is ~1 µs, i.e. 0.001 ns per repetition at this repeat."""
+    from bcc import BPF
+
+    from sensor.datapath import Datapath
+
+    b = BPF(text=VARIANTS_SRC.encode(), cflags=["-DVMAX=1024"])
+    progs = {"empty XDP": BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP).fd,
+             "v_ethertype": b.load_func(b"v_ethertype", BPF.XDP).fd}
+    dp = None
+    if ours_fd is None:
+        dp = Datapath()
+        ours_fd = dp.fn_xdp.fd
+    progs["arp-sensor XDP"] = ours_fd
+    frame = FRAMES["IPv4 UDP (non-ARP)"]
+    wall: dict[str, list[float]] = {p: [] for p in progs}
+    kern: dict[str, list[float]] = {p: [] for p in progs}
+    for _ in range(runs):
+        for name, fd in progs.items():
+            t0 = time.thread_time_ns()
+            r = bpfsys.prog_test_run(fd, frame, repeat=repeat)
+            wall[name].append((time.thread_time_ns() - t0) / repeat)
+            kern[name].append(r.duration_ns)
+    base = median(wall["empty XDP"])
+    info = xlated_info(progs)
+    labels = {"empty XDP": "empty XDP (floor)", "v_ethertype": "bounds check + ethertype compare only",
+              "arp-sensor XDP": "arp-sensor XDP (as shipped)"}
+    return [{"variant": p, "label": labels[p], "ns": median(wall[p]), "kernel_ns": median(kern[p]),
+             "ratio": median(wall[p]) / base, **info.get(p, {})} for p in progs]
+
+
 def xlated_info(progs: dict[str, int]) -> dict[str, dict]:
     """Instruction count after the verifier's rewrites, and the kernel functions each program calls
     (an inlined map lookup shows no call), from `bpftool prog dump xlated`."""
@@ -345,7 +390,8 @@ def xlated_info(progs: dict[str, int]) -> dict[str, dict]:
     return out
 
 
-def render(rows: list[dict], variants: list[dict], repeat: int, runs: int, vfill: int) -> str:
+def render(rows: list[dict], variants: list[dict], repeat: int, runs: int, vfill: int,
+           nonarp: list[dict] | None = None) -> str:
     fills = sorted({r["fill"] for r in rows})
     lines = [
         "## Per-packet cost of the kernel program",
@@ -381,6 +427,8 @@ def render(rows: list[dict], variants: list[dict], repeat: int, runs: int, vfill
     lines += ["", *summary(rows), ""]
     if variants:
         lines += where_the_time_goes(variants, vfill)
+    if nonarp:
+        lines += ["", *nonarp_section(nonarp)]
     return "\n".join(lines)
 
 
@@ -398,6 +446,34 @@ def summary(rows: list[dict]) -> list[str]:
                    f"≥ 14.88 Mpps/core: **{'met' if slowest['ns'] <= LINE_RATE_10G_NS else 'missed'}** "
                    f"(slowest {slowest['ns']:.1f} ns = {1e3 / slowest['ns']:.1f} Mpps).")
     return out
+
+
+def nonarp_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    body = [[r["label"], f"{r['ns']:.2f}", f"{r['kernel_ns']:.0f}", f"{r['ratio']:.3f}×", r.get("insns", "?")]
+            for r in rows]
+    by = {r["variant"]: r for r in rows}
+    lines = ["### Where the time goes (non-ARP)", "",
+             "IPv4 UDP frame; ns/packet from this thread's CPU clock around each test run (sub-ns "
+             "resolution), the kernel's own whole-ns figure beside it, same interleaving and median as above.",
+             "", table(["program", "ns/packet (CPU clock)", "kernel ns", "vs empty", "insns"], body), ""]
+    if {"empty XDP", "v_ethertype", "arp-sensor XDP"} <= by.keys():
+        base, eth, ours = by["empty XDP"]["ns"], by["v_ethertype"]["ns"], by["arp-sensor XDP"]["ns"]
+        lines.append(
+            f"Reading: 1.05× of this floor is {0.05 * base:.2f} ns. Merely bounds-checking the Ethernet header "
+            f"and comparing the ethertype — the least any ARP counter must do — costs {eth - base:+.2f} ns "
+            f"({by['v_ethertype']['ratio']:.3f}×); our non-ARP path costs {ours - base:+.2f} ns "
+            f"({by['arp-sensor XDP']['ratio']:.3f}×), {ours - eth:+.2f} ns over that minimum (its non-ARP path "
+            "also compares against both VLAN ethertypes, `bpftool prog dump xlated`). " + (
+                "So the 1.05× target is within reach of the minimal check but not of ours: the remaining "
+                "ns are the VLAN compares; testing the common ethertypes (IPv4, IPv6) first would leave them to "
+                "VLAN-tagged and ARP frames." if eth - base <= 0.05 * base < ours - base else
+                "The target is met." if ours - base <= 0.05 * base else
+                "Even the minimal check does not fit in 1.05× of this floor: the target is below what any "
+                "program that reads the packet can do on this machine, so it is missed by construction; "
+                "in absolute terms the non-ARP path is a few ns, far inside the 67.2 ns line-rate budget."))
+    return lines
 
 
 def where_the_time_goes(variants: list[dict], vfill: int) -> list[str]:
@@ -483,7 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = measure(a.repeat, a.runs, fills)
     vfill = max(fills)
     variants = [] if a.no_variants else measure_variants(a.repeat, a.runs, vfill)
-    text = render(rows, variants, a.repeat, a.runs, vfill)
+    nonarp = [] if a.no_variants else measure_nonarp(a.repeat, a.runs)
+    text = render(rows, variants, a.repeat, a.runs, vfill, nonarp)
     print(text)
     if not a.no_write:
         write_section("prog_cost", text)

@@ -63,8 +63,11 @@ def test_prog_cost_smoke() -> None:
     assert big and all(r["entries"] >= 40 for r in big)  # the pre-fill really created distinct entries
     variants = prog_cost.measure_variants(repeat=50, runs=1, fill=40)
     assert {v["variant"] for v in variants} >= {"empty XDP", "v_lru", "v_direct"}
-    text = prog_cost.render(rows, variants, 50, 1, 40)
-    assert "## Per-packet cost" in text and "Where the time goes" in text
+    nonarp = prog_cost.measure_nonarp(repeat=50, runs=1)
+    assert [r["variant"] for r in nonarp] == ["empty XDP", "v_ethertype", "arp-sensor XDP"]
+    text = prog_cost.render(rows, variants, 50, 1, 40, nonarp)
+    assert "## Per-packet cost" in text and "Where the time goes (ARP request)" in text
+    assert "Where the time goes (non-ARP)" in text
     assert "met" in text or "missed" in text
 
 
