@@ -49,6 +49,7 @@ class FloodResult:
     tcpdump_user_s: float
     tcpdump_sys_s: float
     xdp_mode: str = "?"  # how the sensor's XDP program ended up attached (native or generic)
+    sensor_hwm_kb: int = 0  # the sensor process's peak RSS (VmHWM)
 
     @property
     def pps(self) -> float:
@@ -70,6 +71,11 @@ def cpu_times(pid: int) -> tuple[float, float]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def vm_hwm_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
 
 
 def link_stats(ns: str, ifname: str) -> tuple[int, int]:
@@ -195,6 +201,7 @@ def run_once(count: int, ntargets: int, interval: float, workdir: Path, senders:
             time.sleep(interval * 1.5 + 0.3)  # the sensor polls at least once after the last frame
             t2 = time.monotonic()
             s1, d1 = cpu_times(sensor.pid), cpu_times(tcpdump.pid)
+            hwm = vm_hwm_kb(sensor.pid)
             rx1, drop1 = link_stats(lab.b, lab.b_if)
 
             _out, err = _stop(tcpdump, signal.SIGINT)
@@ -221,7 +228,8 @@ def run_once(count: int, ntargets: int, interval: float, workdir: Path, senders:
         sent=count, trafgen_s=t1 - t0, rx=rx1 - rx0, rx_dropped=drop1 - drop0, sensor_requests=req,
         sensor_health=health, tcpdump_captured=pcap_records(pcap), tcpdump_kernel_drops=kdrops,
         window_s=t2 - t0, sensor_user_s=s1[0] - s0[0], sensor_sys_s=s1[1] - s0[1],
-        tcpdump_user_s=d1[0] - d0[0], tcpdump_sys_s=d1[1] - d0[1], xdp_mode=xdp_mode)
+        tcpdump_user_s=d1[0] - d0[0], tcpdump_sys_s=d1[1] - d0[1], xdp_mode=xdp_mode,
+        sensor_hwm_kb=hwm)
 
 
 def measure(count: int, ntargets: int, runs: int, interval: float) -> list[FloodResult]:
@@ -242,7 +250,8 @@ def render(results: list[FloodResult], count: int, ntargets: int, interval: floa
                      f"{r.sensor_requests:,} ({r.pct(r.sensor_requests):.2f}%)",
                      f"{r.sensor_health:,}",
                      f"{r.tcpdump_captured:,} ({r.pct(r.tcpdump_captured):.2f}%)",
-                     cpu(r.sensor_user_s, r.sensor_sys_s, r), cpu(r.tcpdump_user_s, r.tcpdump_sys_s, r)])
+                     cpu(r.sensor_user_s, r.sensor_sys_s, r), cpu(r.tcpdump_user_s, r.tcpdump_sys_s, r),
+                     f"{r.sensor_hwm_kb / 1024:.0f} MiB"])
     rx_med = median([r.rx for r in results])
     counted = [r.pct(r.sensor_requests) for r in results]
     captured = [r.pct(r.tcpdump_captured) for r in results]
@@ -267,7 +276,7 @@ def render(results: list[FloodResult], count: int, ntargets: int, interval: floa
         f"Machine: {machine()}.",
         "",
         table(["run", "sent", "trafgen pps", "rx (interface)", "arp-sensor counted", "sensor health requests",
-               "tcpdump captured", "sensor CPU % usr/sys", "tcpdump CPU % usr/sys"], body),
+               "tcpdump captured", "sensor CPU % usr/sys", "tcpdump CPU % usr/sys", "sensor peak RSS"], body),
         "",
         f"Median over {len(results)} runs: interface received {rx_med:,.0f} of {count:,} sent; arp-sensor "
         f"counted {median(counted):.2f}% (loss {100 - median(counted):.2f}%), tcpdump captured "
