@@ -34,6 +34,12 @@ def _keys(param: click.Parameter) -> set[str]:
     return names
 
 
+def _flag_name(param: click.Parameter) -> str:
+    """The key to show for an option: its first long flag without dashes (`bird-socket`)."""
+    longs = [o[2:] for o in getattr(param, "opts", []) if o.startswith("--")]
+    return longs[0] if longs else str(param.name)
+
+
 def _options(cmd: click.Command) -> dict[str, click.Option]:
     out = {}
     for p in cmd.params:
@@ -69,7 +75,8 @@ def build_default_map(group: click.Group, data: dict[str, Any], where: str) -> t
                 out[k] = walk(subs[k], v, f"{path}.{k}" if path else k)
             elif path or isinstance(v, dict):
                 place = f"[{path}]" if path else "the top level"
-                known = sorted({o.name for o in opts.values()} | set(subs)) if path else sorted(subs)
+                flags = {_flag_name(o) for o in opts.values()}
+                known = sorted(flags | {f"[{path}.{n}]" for n in subs}) if path else [f"[{n}]" for n in sorted(subs)]
                 raise ValueError(f"{where}: unknown key {k!r} in {place} (known: {', '.join(known)})")
         for name, sub in subs.items():  # commands without a table still get the top-level keys
             if name not in out and globals_:
