@@ -278,3 +278,22 @@ def test_foreign_filter_at_our_priority_is_a_conflict(veth_pair, sensor):
     assert s.stderr.strip().count("\n") == 0 and f"priority {TC_PRIO_BASE}" in s.stderr, s.stderr
     assert "Traceback" not in s.stderr
     assert attached_programs(ns, dev) == before
+
+
+def test_with_a_foreign_xdp_program_attach_tc_still_counts_ingress(veth_pair, sensor):
+    """The Calico-host recipe in docs/reliability.md: someone else's XDP program (one that passes ARP, as
+    Calico's does) holds the XDP hook; `--attach tc` counts ingress ARP exactly through tc ingress, and the
+    foreign program is there before, during and after."""
+    ns, dev = veth_pair.b, veth_pair.b_if
+    code = ("from bcc import BPF\n"
+            "b=BPF(text=b'int calico_like_xdp(struct xdp_md *c){return XDP_PASS;}')\n"
+            f"BPF.attach_xdp(b'{dev}', b.load_func(b'calico_like_xdp', BPF.XDP), 2)\n")
+    ns_exec(ns, sys.executable, "-c", code)
+    [xdp_id] = attached_programs(ns, dev)["xdp"]
+    s = sensor(ns, ["-i", dev, "--attach", "tc", "--interval", "0.2", "--top", "0"])
+    assert attached_programs(ns, dev)["xdp"] == [xdp_id]
+    veth_pair.send_frames([F.arp_request("198.18.0.1", "198.18.0.70")] * 7)
+    time.sleep(0.3)
+    assert s.finish() == 0, s.stderr
+    assert requests_by(s.events("arp_sensor.target")) == {("ingress", "198.18.0.70", dev): 7}
+    assert attached_programs(ns, dev) == {"xdp": [xdp_id], "ingress": [], "egress": []}
