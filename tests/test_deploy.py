@@ -199,6 +199,7 @@ def test_daemonset_has_what_the_sensor_needs():
     (c,) = spec["containers"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     args = c["args"]
     assert args[0] == "run" and args[args.index("--hostname") + 1] == "$(NODE_NAME)"
     assert "--output" not in args or args[args.index("--output") + 1] == "-"  # JSON lines on stdout
@@ -224,11 +225,17 @@ def test_daemonset_args_and_config_parse_with_the_real_cli(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(cm["data"]["config.toml"])
     dm = config.load(str(cfg), cli)
-    args = [a.replace("$(NODE_NAME)", "node-1") for a in ds["spec"]["template"]["spec"]["containers"][0]["args"]]
+    args = [a.replace("$(NODE_NAME)", "node-1").replace("$(POD_IP)", "198.18.0.9")
+            for a in ds["spec"]["template"]["spec"]["containers"][0]["args"]]
     ctx = cli.make_context("arp-sensor", ["--config", str(cfg), *args])
     sub = cli.get_command(ctx, args[0])
     with sub.make_context(args[0], args[1:], parent=ctx) as sctx:
         assert sctx.params["hostname"] == "node-1"
+        assert sctx.params["metrics_addr"] == "198.18.0.9"
+        port = sctx.params["metrics_port"]
+        spec = ds["spec"]["template"]
+        assert spec["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in spec["spec"]["containers"][0]["ports"]
         assert list(sctx.params["interfaces"]) == dm["run"]["interfaces"]
 
 
