@@ -121,11 +121,12 @@ def _target_groups(cur: _Sorted) -> tuple:
 class WindowList(Sequence[TargetWindow]):
     """Busiest-first TargetWindows of one interval, built on access (and kept once built)."""
 
-    def __init__(self, agg: Aggregator, interval_s: float, cols: dict[str, np.ndarray],
+    def __init__(self, agg: Aggregator, interval_s: float, cols: dict[str, np.ndarray], order: np.ndarray,
                  req_entries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         self._agg = agg
         self.interval_s = interval_s
-        self.cols = cols  # per window, in order: ifindex, ip, vlan, dir, requests, replies, ...
+        self.cols = cols  # per window, unordered: ifindex, ip, vlan, dir, requests, replies, ...
+        self.order = order  # the row in cols of the i-th busiest window
         self._req = req_entries  # active request entries: (window index, sender ip, requests)
         self._starts: np.ndarray | None = None
         self._as_lists: dict[str, list] | None = None
@@ -177,16 +178,16 @@ class WindowList(Sequence[TargetWindow]):
         if self._as_lists is None:
             self._group()
             _widx, peer, n = self._req
-            self._as_lists = {k: v.tolist() for k, v in self.cols.items()}
+            self._as_lists = {k: v[self.order].tolist() for k, v in self.cols.items()}
             self._as_lists.update(starts=self._starts.tolist(), peer=peer.tolist(), n=n.tolist())
         return self._as_lists
 
     def _build(self, i: int) -> TargetWindow:
         c = self._lists() if self._as_lists is not None or len(self) <= 64 else None
         if c is None:  # one window out of many: index the arrays, do not convert them all
-            c = self.cols
-            vals = {k: int(c[k][i]) for k in ("ifindex", "dir", "vlan", "ip", "requests", "replies",
-                                               "gratuitous", "probes", "senders")}
+            c, row = self.cols, int(self.order[i])
+            vals = {k: int(c[k][row]) for k in ("ifindex", "dir", "vlan", "ip", "requests", "replies",
+                                                 "gratuitous", "probes", "senders")}
         else:
             vals = {k: c[k][i] for k in ("ifindex", "dir", "vlan", "ip", "requests", "replies", "gratuitous",
                                           "probes", "senders")}
@@ -233,7 +234,7 @@ class WindowList(Sequence[TargetWindow]):
 
     def chosen(self, top: int, min_requests: int) -> list[TargetWindow]:
         c = self.cols
-        idx = np.flatnonzero(c["requests"] + c["probes"] >= min_requests)
+        idx = np.flatnonzero((c["requests"] + c["probes"] >= min_requests)[self.order])
         if top > 0:
             idx = idx[:top]
         return [self[int(i)] for i in idx]
@@ -295,7 +296,6 @@ class Aggregator:
         cols = {"ifindex": ifindex[rep_w], "ip": ip[rep_w], "vlan": vlan[rep_w], "dir": d[rep_w]}
         cols.update({k: v[w] for k, v in sums.items()})
         order = self._order(cols)
-        cols = {k: v[order] for k, v in cols.items()}
 
         # Active request entries by their window's final position: the top senders, sorted out lazily.
         pos_of_target = np.full(ntargets, -1, dtype=np.int64)
@@ -306,7 +306,7 @@ class Aggregator:
         health = {k: v - ph.get(k, 0) for k, v in snap.health.items()}
         live = len(cur)
         return Interval(
-            interval_s=interval_s, windows=WindowList(self, interval_s, cols, req_entries), health=health,
+            interval_s=interval_s, windows=WindowList(self, interval_s, cols, order, req_entries), health=health,
             health_total=dict(snap.health), entries_live=live,
             entries_evicted=max(0, snap.health.get("inserts", 0) - live), targets_live=ntargets,
         )
