@@ -28,12 +28,23 @@ def discover() -> dict[str, Callable]:
     for info in pkgutil.iter_modules([str(here)]):
         if info.name in NOT_BENCHMARKS or info.name.startswith("_") or info.ispkg:
             continue
-        mod = importlib.import_module(f"bench.{info.name}")
+        try:
+            mod = importlib.import_module(f"bench.{info.name}")
+        except Exception as e:  # a broken module is reported as a failed benchmark, not a crash of all
+            found[info.name] = _broken(info.name, e)
+            continue
         main = getattr(mod, "main", None)
         if callable(main):
             found[info.name] = main
     rank = {n: i for i, n in enumerate(ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+def _broken(name: str, err: Exception) -> Callable:
+    def main(argv: list[str]) -> None:
+        raise SystemExit(f"bench: cannot import bench.{name}: {err}")
+
+    return main
 
 
 def call(main: Callable, argv: list[str]) -> int:
@@ -50,6 +61,8 @@ def call(main: Callable, argv: list[str]) -> int:
             finally:
                 sys.argv = saved
     except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
 
