@@ -42,6 +42,7 @@ class Runner:
         self.emit = emit
         self.log = log or (lambda msg: None)
         self.stop_event = threading.Event()
+        self.started = False  # set once every program is attached and the baseline is read
         self.datapath = None
         self.ifnames: dict[int, str] = {}
         # Hooks for later stages (peers, verdicts, rate limits): called once per interval.
@@ -56,6 +57,8 @@ class Runner:
 
         self.datapath = Datapath(self.opts.max_entries)
         for ifname in self.opts.interfaces:
+            if self.stop_event.is_set():  # SIGTERM while compiling: attach nothing, announce nothing
+                return
             att = self.datapath.attach(ifname, self.opts.attach, self.opts.xdp_mode)
             self.ifnames[att.ifindex] = ifname
             for note in att.notes:
@@ -65,6 +68,9 @@ class Runner:
         self.aggregator = Aggregator(self.ifnames)
         self.aggregator.update(self.reader.snapshot())  # baseline: maps are new, so all zero
         self.if_stats = self._read_if_stats()
+        if self.stop_event.is_set():
+            return
+        self.started = True
         if self.opts.ready_file:
             with open(self.opts.ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -88,6 +94,8 @@ class Runner:
     # -- loop ------------------------------------------------------------------------------------
     def run(self) -> int:
         """Polls until stopped or --duration; a final poll flushes the last partial interval."""
+        if not self.started:  # stopped during start(): nothing to poll
+            return 0
         started = time.monotonic()
         deadline = started + self.opts.duration if self.opts.duration else None
         next_tick = started + self.opts.interval

@@ -127,6 +127,7 @@ def test_sigterm_during_startup_leaves_nothing_attached(veth_pair, sensor, phase
             assert rc in (0, -signal.SIGTERM), s.stderr
             assert "Traceback" not in s.stderr
             assert attached_programs(ns, dev) == NOTHING
+            assert not s.ready.exists()  # a stop during start-up never announces readiness
             # The interface is free again: a new sensor attaches (no stale lock, no leftovers).
             again = sensor(ns, ["-i", dev, "--duration", "0.5"])
             assert again.finish() == 0 and "stale" not in again.stderr
