@@ -26,7 +26,7 @@ demo: install
 
 test: install
 	@$(PY) -m ruff check sensor tests bench
-	@$(PY) -m pytest tests
+	@$(PY) -m pytest tests --durations=15
 
 test-unit: venv
 	@$(PY) -m pytest tests -m 'not root'
