@@ -106,13 +106,27 @@ VERDICT_STYLE = {"zombie-peer": "bold red", "bgp-down-reachable": "yellow", "una
                  "healthy": "green"}
 
 
-COLUMNS = (  # (header, min width, justify, shown on a narrow terminal)
-    ("TARGET IP", 15, "left", True), ("REQ/S", 7, "right", True), ("TREND", HISTORY, "left", True),
-    ("SENDERS", 7, "right", True), ("REPLIES", 7, "right", True), ("TOP SENDER", 15, "left", False),
-    ("SEEN ON", 8, "left", False), ("BGP PEER", 8, "left", True), ("STATE", 11, "left", True),
-    ("VERDICT", 18, "left", True), ("LIMIT", 14, "left", True),
+COLUMNS = (  # (header, min width, justify), in display order
+    ("TARGET IP", 15, "left"), ("REQ/S", 7, "right"), ("TREND", HISTORY, "left"), ("SENDERS", 7, "right"),
+    ("REPLIES", 7, "right"), ("TOP SENDER", 15, "left"), ("SEEN ON", 9, "left"), ("BGP PEER", 16, "left"),
+    ("STATE", 11, "left"), ("VERDICT", 18, "left"), ("LIMIT", 14, "left"),
 )
-WIDE = 150  # below this many columns, the optional ones are left out
+# What a narrow terminal keeps first: the answer (which IP, how busy, which peer, what verdict) before
+# the detail. Columns that do not fit are left out rather than squeezed into ellipses.
+PRIORITY = ("TARGET IP", "REQ/S", "VERDICT", "BGP PEER", "SENDERS", "STATE", "TREND", "LIMIT", "REPLIES",
+            "TOP SENDER", "SEEN ON")
+WIDE = 200  # wide enough for every column
+
+
+def columns_for(width: int) -> list[tuple[str, int, str]]:
+    min_width = {name: w for name, w, _ in COLUMNS}
+    chosen, used = set(), 1
+    for name in PRIORITY:
+        need = min_width[name] + 3  # padding and the border
+        if used + need <= width:
+            chosen.add(name)
+            used += need
+    return [c for c in COLUMNS if c[0] in chosen]
 
 
 def limit_cell(limiter: Any | None, ip: str) -> str:
@@ -147,8 +161,8 @@ def render(state: TopState, sort: str, rows: int, title: str, notes: list[str], 
 
     table = Table(title=title, title_justify="left", caption=" · ".join(notes) or None,
                   caption_justify="left", expand=False, pad_edge=False)
-    shown = [c for c in COLUMNS if c[3] or width >= WIDE]
-    for name, min_width, justify, _ in shown:
+    shown = columns_for(width)
+    for name, min_width, justify in shown:
         table.add_column(name, min_width=min_width, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in state.sorted_rows(sort)[:rows]:
         peer, bgp_state, verdict, limit = info(r.ip) if info is not None else ("", "", "", "")

@@ -343,3 +343,25 @@ def test_top_events_in_a_terminal_reads_keys_from_the_tty(veth_pair, tmux, tmp_p
     while attached_programs(veth_pair.b, veth_pair.b_if) != {"xdp": [], "ingress": [], "egress": []}:
         assert time.monotonic() < deadline, "run did not detach"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 200])
+def test_narrow_terminals_drop_columns_instead_of_truncating(width):
+    from rich.console import Console
+
+    from sensor.top import columns_for, render
+
+    s = TopState()
+    s.update(iv(tw(BUSY, 80, 5, top=[("198.18.0.10", 40)])))
+    info = lambda ip: ("Mesh_198_18_0_77", "Established", "bgp-down-reachable", "enforce 12")  # noqa: E731
+    names = [c[0] for c in columns_for(width)]
+    assert names[:2] == ["TARGET IP", "REQ/S"]
+    if width >= 80:
+        assert {"VERDICT", "BGP PEER"} <= set(names)
+    if width >= 200:
+        assert len(names) == 11
+    console = Console(width=width, force_terminal=False, record=True)
+    console.print(render(s, "requests", 5, "t", [], width, info))
+    text = console.export_text()
+    assert "…" not in text and BUSY in text
+    assert all(len(line) <= width for line in text.splitlines())
