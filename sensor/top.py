@@ -460,6 +460,8 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
                 return False
         state.update(runner.poll())
         next_tick[0] = max(next_tick[0] + interval, time.monotonic() + interval * 0.5)
+        if not runner.ifnames:  # every watched interface was deleted or moved away
+            runner.stop_event.set()
         return True
 
     def cycle() -> None:
@@ -474,6 +476,10 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
             console.print(draw())
             return
         _show_loop(console, tty_out, sys.stdin, step, draw, runner.stop_event.is_set, cycle)
+        if not runner.ifnames:
+            from sensor.errors import EXIT_INTERNAL, SensorError
+
+            raise SensorError(f"no interface left to watch ({', '.join(interfaces)} gone); exiting", EXIT_INTERNAL)
     finally:
         if limiter:
             limiter.close()

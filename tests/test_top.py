@@ -365,3 +365,25 @@ def test_narrow_terminals_drop_columns_instead_of_truncating(width):
     text = console.export_text()
     assert "…" not in text and BUSY in text
     assert all(len(line) <= width for line in text.splitlines())
+
+
+@needs_root
+@pytest.mark.root
+def test_top_exits_when_its_interface_is_deleted(veth_pair):
+    proc = subprocess.Popen(["ip", "netns", "exec", veth_pair.b, *sensor_cmd(
+        "top", "-i", veth_pair.b_if, "--interval", "0.3")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=sensor_env(), cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not attached_programs(veth_pair.b, veth_pair.b_if)["xdp"]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+        subprocess.run(["ip", "-n", veth_pair.a, "link", "del", veth_pair.a_if], check=True)  # takes veth-b too
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no interface left to watch" in lines[0] and "Traceback" not in err
