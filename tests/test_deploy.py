@@ -245,3 +245,26 @@ def test_kubectl_kustomize_builds():
     assert r.returncode == 0, r.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout) if d]
     assert sorted(kinds) == ["ConfigMap", "DaemonSet", "Namespace"]
+
+
+@needs_root
+@pytest.mark.root
+def test_exec_stop_post_detach_cleans_up_after_sigkill(veth_pair, sensor, tmp_path):
+    """The unit's ExecStopPost (`arp-sensor detach`, interfaces from the config file's top level via
+    $ARP_SENSOR_CONFIG) removes what a SIGKILLed sensor left attached."""
+    svc = parse_unit(UNIT.read_text())["Service"]
+    stop_post = svc["ExecStopPost"][0].lstrip("-").split()
+    assert stop_post[1:] == ["detach"]
+    cfg = tmp_path / "config.toml"
+    cfg.write_text((REPO / "deploy/systemd/config.toml").read_text().replace('["eth0"]', f'["{veth_pair.b_if}"]'))
+    p = sensor(veth_pair.b, ["-i", veth_pair.b_if])
+    os.killpg(p.proc.pid, signal.SIGKILL)
+    p.proc.wait()
+    assert attached_programs(veth_pair.b, veth_pair.b_if)["xdp"]  # a killed sensor leaves its programs
+    env = sensor_env()
+    env[config.ENV_VAR] = str(cfg)
+    r = subprocess.run(["ip", "netns", "exec", veth_pair.b, *sensor_cmd(*stop_post[1:])], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "removed arp-sensor XDP program" in r.stdout
+    assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
