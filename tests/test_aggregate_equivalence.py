@@ -102,10 +102,10 @@ big_key_st = st.tuples(st.sampled_from([2, 3]), st.integers(0, 400).map(lambda i
                        st.integers(1, 30).map(lambda i: f"198.19.0.{i}"), st.sampled_from([0, 7]),
                        st.sampled_from([0, 1]), st.sampled_from([KIND_REQUEST, KIND_REQUEST, KIND_REPLY, KIND_PROBE]))
 big_snap_st = st.dictionaries(big_key_st, st.tuples(st.integers(0, 9), st.sampled_from([1, 2])),
-                              min_size=100, max_size=400)
+                              min_size=100, max_size=250)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(st.lists(big_snap_st, min_size=2, max_size=3), st.booleans())
 def test_many_windows_built_in_bulk_or_one_by_one(seq, walk):
     """More than 64 windows: iteration builds them in bulk, indexing one by one; both as the reference."""
