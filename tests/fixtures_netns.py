@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -106,13 +107,31 @@ class SensorProcess:
             start_new_session=True)
         self.stdout = ""
         self.stderr = ""
+        # Drain both pipes while the sensor runs: a full pipe would block its writes (and so its
+        # shutdown) in a long test.
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [threading.Thread(target=self._drain, args=(pipe, buf), daemon=True)
+                         for pipe, buf in ((self.proc.stdout, self._out), (self.proc.stderr, self._err))]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _drain(pipe, buf: list[str]) -> None:
+        for line in pipe:
+            buf.append(line)
+
+    def _collect(self) -> None:
+        for t in self._readers:
+            t.join(timeout=10)
+        self.stdout, self.stderr = "".join(self._out), "".join(self._err)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not self.ready.exists():
             if self.proc.poll() is not None:
-                _out, err = self.proc.communicate()
-                raise AssertionError(f"sensor exited {self.proc.returncode} before ready: {err.strip()}")
+                self._collect()
+                raise AssertionError(f"sensor exited {self.proc.returncode} before ready: {self.stderr.strip()}")
             if time.monotonic() > deadline:
                 raise AssertionError("sensor not ready in time")
             time.sleep(0.05)
@@ -122,16 +141,18 @@ class SensorProcess:
         if "--duration" not in self.args and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        self._collect()
         return self.proc.returncode
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.communicate()
+            self.proc.wait()
+        self._collect()
 
     def events(self, dataset: str | None = None) -> list[dict]:
         from tests.fixtures_schema import parse_events  # each line validated against the event schema

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections import defaultdict
 
@@ -68,20 +67,6 @@ def stop(p: subprocess.Popen | None) -> None:
         p.wait()
 
 
-class Drain(threading.Thread):
-    """Reads the sensor's stdout while it runs: 20+ intervals of events overflow a 64 KiB pipe, and a
-    sensor blocked on a full pipe stalls its poll loop (which is the harness's fault, not the sensor's)."""
-
-    def __init__(self, stream) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.lines = stream, []
-        self.start()
-
-    def run(self) -> None:
-        for line in self.stream:
-            self.lines.append(line)
-
-
 def vm_rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -123,8 +108,7 @@ def test_spoofed_target_flood(veth_pair, sensor, tmp_path):
     real_cfg.write_text(REAL_CFG)
     s = sensor(veth_pair.b, ["-i", veth_pair.b_if, "--interval", "1", "--top", str(TOP),
                              "--max-entries", str(MAX_ENTRIES)])
-    pid = s.proc.pid
-    drain = Drain(s.proc.stdout)
+    pid = s.proc.pid  # SensorProcess drains stdout while the sensor runs: 20+ intervals overflow a pipe
     real_max = REAL_PPS * 60  # a bound, in case the test dies before it stops the storm
     real = trafgen(veth_pair.a, veth_pair.a_if, str(real_cfg), real_max, REAL_PPS, steady=True)
     flood = None
@@ -148,11 +132,7 @@ def test_spoofed_target_flood(veth_pair, sensor, tmp_path):
     finally:
         stop(flood)
         stop(real)
-    # Stop the sensor and collect what the drain thread read (see Drain).
-    s.proc.send_signal(signal.SIGTERM)
-    assert s.proc.wait(timeout=60) == 0
-    drain.join(timeout=10)
-    s.stdout, s.stderr = "".join(drain.lines), s.proc.stderr.read()
+    assert s.finish(timeout=60) == 0  # SIGTERM, then what was drained
     assert "Traceback" not in s.stderr
     sent_rx = int(ns_exec(veth_pair.b, "cat", f"/sys/class/net/{veth_pair.b_if}/statistics/rx_packets").stdout)
 
