@@ -3,7 +3,7 @@ replaced, on random snapshot sequences: same windows, same order, same top sende
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.aggregate import Aggregator, select
@@ -67,7 +67,8 @@ def _normalise(entries):
             for (i, ip, peer, v, d, kind), val in entries.items()}
 
 
-@settings(max_examples=250, deadline=None)
+# Large generated snapshots are the point here, not a smell: don't let hypothesis give up on them.
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
 @given(st.lists(st.tuples(snap_st, st.booleans(), st.lists(val_st, min_size=40, max_size=40)), min_size=1,
                 max_size=5), st.integers(1, 5))
 def test_vectorised_aggregator_matches_the_per_entry_algorithm(seq, top_senders):
@@ -105,7 +106,7 @@ big_snap_st = st.dictionaries(big_key_st, st.tuples(st.integers(0, 9), st.sample
                               min_size=100, max_size=250)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
 @given(st.lists(big_snap_st, min_size=2, max_size=3), st.booleans())
 def test_many_windows_built_in_bulk_or_one_by_one(seq, walk):
     """More than 64 windows: iteration builds them in bulk, indexing one by one; both as the reference."""
