@@ -83,6 +83,6 @@ def rebuild(order: list[str], doc: Path = DOC) -> None:
         if lines:
             title = next((ln[3:] for ln in found[n].splitlines() if ln.startswith("## ")), n)
             summary += [f"**{title}** (`python -m bench.{n}`)", "", *lines, ""]
-    parts = [HEADER.rstrip(), "", f"<!-- bench:summary -->\n{chr(10).join(summary).strip()}\n<!-- /bench:summary -->"]
+    parts = [HEADER.rstrip(), f"<!-- bench:summary -->\n{chr(10).join(summary).strip()}\n<!-- /bench:summary -->"]
     parts += [f"<!-- bench:{n} -->\n{found[n]}\n<!-- /bench:{n} -->" for n in names]
     doc.write_text("\n\n".join(parts) + "\n")

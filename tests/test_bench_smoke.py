@@ -104,7 +104,8 @@ def test_userspace_smoke() -> None:
 
     for shape, targets in (("targets", 200), ("pairs", 4)):
         r = userspace.child(200, shape, intervals=2)
-        assert len(r["rounds"]) == 2 and r["hwm_kb"] > 0
+        assert len(r["rounds"]) == 4 and r["hwm_kb"] > 0 and r["all_windows"] == targets
+        assert [x["changed"] for x in r["rounds"]] == [False, True, False, True]
         for rnd in r["rounds"]:
             # every entry was touched once more: 200 live entries, one request each, all active
             assert (rnd["entries"], rnd["windows"], rnd["requests"]) == (200, targets, 200)
