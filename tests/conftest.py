@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures_netns",
+    "tests.fixtures_bpf",
     "tests.fixtures_lab",
     "tests.fixtures_schema",
 ]

@@ -12,7 +12,7 @@ import pytest
 from sensor import bpfsys
 from sensor import frames as F
 from sensor.layout import ARP_KEY, ARP_VAL, health_names
-from sensor.reader import MapReader, pair_totals, target_totals
+from sensor.reader import pair_totals, target_totals
 from tests.fixtures_netns import needs_root
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -21,18 +21,6 @@ XDP_PASS = 2
 TC_ACT_UNSPEC = 0xFFFFFFFF  # -1: we never end the tc chain for other filters
 VLAN = F.ETH_P_8021Q
 QINQ = F.ETH_P_8021AD
-
-
-@pytest.fixture(scope="module")
-def dp():
-    from sensor.datapath import Datapath
-
-    return Datapath(max_entries=1024)
-
-
-@pytest.fixture(scope="module")
-def reader(dp):
-    return MapReader(*dp.map_fds, 1024)
 
 
 ENTRY_POINTS = {

@@ -13,7 +13,6 @@ from sensor import bpfsys
 from sensor import frames as F
 from sensor.layout import DIR_EGRESS, DIR_INGRESS, LIMIT_F_DRY_RUN
 from sensor.limitmap import NS, LimitKey, LimitMap, LimitVal, cost_ns
-from sensor.reader import MapReader
 from tests.fixtures_netns import needs_root
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -23,18 +22,6 @@ TC_ACT_SHOT, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
 LO = 1  # BPF_PROG_TEST_RUN runs XDP and tc on the namespace's loopback device
 ASKER = "198.18.4.1"
 TARGET = "198.18.4.7"
-
-
-@pytest.fixture(scope="module")
-def dp():
-    from sensor.datapath import Datapath
-
-    return Datapath(max_entries=1024)
-
-
-@pytest.fixture(scope="module")
-def reader(dp):
-    return MapReader(*dp.map_fds, 1024)
 
 
 @pytest.fixture
