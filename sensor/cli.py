@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -25,11 +24,6 @@ def cli() -> None:
     Every flag can also come from a TOML file: `arp-sensor --config FILE CMD` or `CMD --config FILE`
     (keys are flag names; flags on the command line win). See docs/operations.md.
     """
-
-
-def _emit_stdout(event: dict) -> None:
-    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
 
 
 def _log(msg: str) -> None:
@@ -109,6 +103,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
             limiter.close()
         for problem in runner.close():
             _log(problem)
+        peer_stage.close()
         out.close()
     sys.exit(code)
 
