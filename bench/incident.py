@@ -14,53 +14,18 @@ entries, more than the kernel's default neighbour table (shared by all namespace
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import secrets
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.report import machine, median, table, write_section
+from sensor.lab.live import LiveSensor
 
 REPO = Path(__file__).resolve().parent.parent
 NODES = (8, 20, 50)
-
-
-class SensorProc:
-    """`arp-sensor run` in a lab node; events kept with their arrival time."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                     start_new_session=True)
-        self.events: list[dict] = []
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
-
-    def of(self, dataset: str, action: str | None = None) -> list[dict]:
-        return [e for e in list(self.events) if e["event"]["dataset"] == dataset
-                and (action is None or e["event"].get("action") == action)]
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._t.join(5)
-        return self.proc.stderr.read() if self.proc.stderr else ""
 
 
 def _epoch(ev: dict) -> float:
@@ -97,10 +62,10 @@ def run_one(nodes: int, dead_share: float, window: float, steady_s: float, log=p
             peers = Path(tmp) / "peers.txt"
             peers.write_text("".join(f"{lab.ip(n)} - {n}\n" for n in lab.nodes))
             ready = Path(tmp) / "ready"
-            sensor = SensorProc(lab.exec_argv(sensor_node, [
+            sensor = LiveSensor(lab.exec_argv(sensor_node, [
                 sys.executable, "-m", "sensor", "run", "-i", lab.iface, "--interval", "1", "--top", "0",
                 "--verdict-window", str(window), "--bird-socket", lab.bird_socket(sensor_node),
-                "--peers", str(peers), "--ready-file", str(ready), "--hostname", f"n{sensor_node}"]))
+                "--peers", str(peers), "--ready-file", str(ready), "--hostname", f"n{sensor_node}"]), cwd=REPO)
             end = time.monotonic() + 120
             while not ready.exists():
                 if sensor.proc.poll() is not None or time.monotonic() > end:

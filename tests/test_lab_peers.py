@@ -8,10 +8,7 @@ its link up → `bgp-down-reachable`, never zombie; revive → cleared.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from sensor.lab.live import LiveSensor
 from sensor.peers.bird import BirdClient, BirdError
 from tests.fixtures_lab import lab_unavailable
 
@@ -35,35 +33,8 @@ SENSOR = "n4"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Sensor:
-    """`arp-sensor run` inside a lab node; events are collected with their arrival time."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.events: list[dict] = []
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
-
-    def alerts(self, action: str | None = None) -> list[dict]:
-        return [e for e in list(self.events) if e["event"]["dataset"] == "arp_sensor.peer"
-                and (action is None or e["event"]["action"] == action)]
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._t.join(5)
-        return self.proc.stderr.read() if self.proc.stderr else ""
+def alerts(sensor: LiveSensor, action: str | None = None) -> list[dict]:
+    return sensor.of("arp_sensor.peer", action)
 
 
 class LeftEstablished:
@@ -123,24 +94,24 @@ def test_lab_kill_stop_bird_revive(lab_factory, tmp_path: Path) -> None:
     peers = tmp_path / "peers.txt"
     peers.write_text("".join(f"{ip[n]} - {n}\n" for n in lab.nodes))
     ready = tmp_path / "ready"
-    sensor = Sensor(lab.exec_argv(SENSOR, [
+    sensor = LiveSensor(lab.exec_argv(SENSOR, [
         sys.executable, "-m", "sensor", "run", "-i", lab.iface, "--interval", "1", "--verdict-window", str(W),
         "--bird-socket", lab.bird_socket(SENSOR), "--peers", str(peers), "--ready-file", str(ready),
-        "--hostname", SENSOR]))
+        "--hostname", SENSOR]), cwd=ROOT)
     watch = LeftEstablished(lab.bird_socket(SENSOR))
     try:
         assert wait_for(ready.exists, 30), sensor.stop()
         time.sleep(W)  # a healthy mesh: nothing to say
-        assert sensor.alerts() == []
+        assert alerts(sensor) == []
 
         # 1. power off n2 (n4 is its active end) and n6 (n4 is its passive end)
         for n in ("n2", "n6"):
             lab.kill(n)
         dead = {ip["n2"], ip["n6"]}
-        got = wait_for(lambda: {e["destination"]["ip"] for e in sensor.alerts("zombie-peer-detected")} >= dead,
+        got = wait_for(lambda: {e["destination"]["ip"] for e in alerts(sensor, "zombie-peer-detected")} >= dead,
                        2 * lab.hold_time + 4 * W + 10)
-        assert got, (sensor.alerts(), watch.state)
-        for e in sensor.alerts("zombie-peer-detected"):
+        assert got, (alerts(sensor), watch.state)
+        for e in alerts(sensor, "zombie-peer-detected"):
             d = e["destination"]["ip"]
             assert d in dead
             assert watch.state[d] != "Established" and d in watch.left
@@ -153,28 +124,28 @@ def test_lab_kill_stop_bird_revive(lab_factory, tmp_path: Path) -> None:
             assert e["bgp"]["peer"]["state"] not in ("Established", "unknown")
             assert e["kubernetes"]["node"]["name"] == node and f"kubectl delete node {node}" in e["message"]
             assert e["arp"]["replies"] == 0 and e["arp"]["requests"] >= 3
-        assert len(sensor.alerts("zombie-peer-detected")) == 2
+        assert len(alerts(sensor, "zombie-peer-detected")) == 2
 
         # 2. BIRD stops on n3, its link stays up: a BGP problem, not a dead host
         lab.stop_bird("n3")
-        assert wait_for(lambda: sensor.alerts("bgp-down-reachable-detected"), 4 * W + 30), sensor.alerts()
-        (reach,) = sensor.alerts("bgp-down-reachable-detected")
+        assert wait_for(lambda: alerts(sensor, "bgp-down-reachable-detected"), 4 * W + 30), alerts(sensor)
+        (reach,) = alerts(sensor, "bgp-down-reachable-detected")
         assert reach["destination"]["ip"] == ip["n3"] and "not a dead host" in reach["message"]
         print(reach["message"])
 
         # 3. revive: the zombies clear, n3's BIRD comes back
         for n in ("n2", "n6"):
             lab.revive(n)
-        assert wait_for(lambda: {e["destination"]["ip"] for e in sensor.alerts("zombie-peer-cleared")} >= dead,
-                        30), sensor.alerts()
+        assert wait_for(lambda: {e["destination"]["ip"] for e in alerts(sensor, "zombie-peer-cleared")} >= dead,
+                        30), alerts(sensor)
         lab.start_bird("n3")
-        assert wait_for(lambda: sensor.alerts("bgp-down-reachable-cleared"), 30), sensor.alerts()
+        assert wait_for(lambda: alerts(sensor, "bgp-down-reachable-cleared"), 30), alerts(sensor)
         lab.wait_established(30)
         time.sleep(2)
     finally:
         watch.stop()
         err = sensor.stop()
-    detected = {(e["destination"]["ip"], e["event"]["action"]) for e in sensor.alerts()
+    detected = {(e["destination"]["ip"], e["event"]["action"]) for e in alerts(sensor)
                 if e["event"]["action"].endswith("-detected")}
     # no live peer was ever flagged, and n3 was never called a zombie
     assert detected == {(ip["n2"], "zombie-peer-detected"), (ip["n6"], "zombie-peer-detected"),
