@@ -106,35 +106,32 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int | No
     return TestRunResult(_get(attr, 4, ctypes.c_uint32), _get(attr, 36, ctypes.c_uint32), buf_out.raw[:size_out])
 
 
-def prog_name_by_id(prog_id: int) -> str | None:
-    """Name of a loaded program (as the kernel truncated it, 15 chars), or None if it is gone."""
-    attr = _attr()
-    _put(attr, 0, ctypes.c_uint32, prog_id)
-    try:
-        fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr)
-    except BpfError:
-        return None
-    try:
-        info = _attr(256)
-        attr = _attr()
-        _put(attr, 0, ctypes.c_uint32, fd)
-        _put(attr, 4, ctypes.c_uint32, ctypes.sizeof(info))
-        _put(attr, 8, ctypes.c_uint64, ctypes.addressof(info))
-        _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-        # struct bpf_prog_info: char name[16] at offset 64.
-        return bytes(info[64:80]).split(b"\0", 1)[0].decode(errors="replace")
-    finally:
-        os.close(fd)
-
-
-def prog_id_by_fd(prog_fd: int) -> int:
+def _prog_info(prog_fd: int) -> bytes:
+    """struct bpf_prog_info of a program (BPF_OBJ_GET_INFO_BY_FD)."""
     info = _attr(256)
     attr = _attr()
     _put(attr, 0, ctypes.c_uint32, prog_fd)
     _put(attr, 4, ctypes.c_uint32, ctypes.sizeof(info))
     _put(attr, 8, ctypes.c_uint64, ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return int.from_bytes(bytes(info[4:8]), "little")
+    return bytes(info)
+
+
+def prog_name_by_id(prog_id: int) -> str | None:
+    """Name of a loaded program (as the kernel truncated it, 15 chars), or None if it is gone."""
+    try:
+        fd = prog_fd_by_id(prog_id)
+    except BpfError:
+        return None
+    try:
+        # struct bpf_prog_info: char name[16] at offset 64.
+        return _prog_info(fd)[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def prog_id_by_fd(prog_fd: int) -> int:
+    return int.from_bytes(_prog_info(prog_fd)[4:8], "little")
 
 
 def percpu_value_size(value_size: int) -> int:
