@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "venv: creating $(VENV) from /usr/bin/python3 with system site-packages (for bcc)"; \
 	  /usr/bin/python3 -m venv --system-site-packages $(VENV); }
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	@$(PY) -c 'import bcc, pyroute2, msgpack, click' && echo "venv: $(VENV) ready (bcc, pyroute2, msgpack, click import)"
+	@$(PY) -c 'from sensor.kernel.loader import bpf_class; bpf_class(); import pyroute2, msgpack, click' && echo "venv: $(VENV) ready (bcc, pyroute2, msgpack, click import)"
 	@touch $(STAMP)
 
 demo: install
@@ -29,7 +29,7 @@ test: install
 	@$(PY) -m pytest tests --durations=15
 
 test-unit: venv
-	@$(PY) -m pytest tests -m 'not root'
+	@$(PY) -m pytest tests -m unit -p no:cacheprovider
 
 lint: venv
 	@$(PY) -m ruff check sensor tests bench

@@ -42,7 +42,7 @@ def measure(n_peers: int, runs: int) -> tuple[list[tuple[str, float]], dict]:
     if os.geteuid() != 0 or not shutil.which("bird"):
         info["live"] = "skipped (needs root and bird)"
         return rows, info
-    from sensor.peers.birdproc import BirdNetns
+    from tests.support.birdproc import BirdNetns
 
     with BirdNetns(n_peers=n_peers) as b:
         time.sleep(1.0)  # let BIRD try its peers once, so states and errors are filled in

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.report import machine, median, table, write_section
-from sensor.events import target_event
+from sensor.events.encode import target_event
 from sensor.model import TargetWindow, WindowKey
 from sensor.outputs import build_outputs
 from sensor.outputs.encode import encode_forward_entry, encode_json

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 from bench.report import machine, median, table, write_section
-from sensor import bpfsys
-from sensor import frames as F
+from sensor.kernel import bpfsys
+from tests.support import frames as F
 
 EMPTY_XDP = b"int empty_xdp(struct xdp_md *ctx) { return XDP_PASS; }"
 LINE_RATE_10G_NS = 1e9 / 14.88e6  # 64-byte frames at 10 GbE: 67.2 ns per frame
@@ -243,10 +243,12 @@ def interleaved(progs: dict[str, int], frame: bytes, repeat: int, runs: int) -> 
 
 def measure(repeat: int, runs: int, fills: tuple[int, ...] = FILLS,
             log: Callable[[str], None] = print) -> list[dict]:
-    from bcc import BPF
+    from sensor.kernel.loader import bpf_class
 
-    from sensor.datapath import Datapath
-    from sensor.layout import ARP_KEY, ARP_VAL
+    BPF = bpf_class()
+
+    from sensor.kernel.datapath import Datapath
+    from sensor.kernel.layout import ARP_KEY, ARP_VAL
 
     empty = BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP)
     # Room for the largest fill with slack: an LRU map starts evicting before it is completely full
@@ -285,8 +287,8 @@ def measure_limits(dp, progs: dict[str, int], repeat: int, runs: int, fill: int,
     """The ARP request with no limit (limits_active = 0: one array read), with limits held for other
     targets (a hash miss), and with a limit for its own target (hash hit, spin lock, bucket arithmetic;
     the bucket is deep enough that every run passes, and a drop takes the same path)."""
-    from sensor.layout import DIR_EGRESS, DIR_INGRESS
-    from sensor.limitmap import LimitKey, LimitMap
+    from sensor.kernel.layout import DIR_EGRESS, DIR_INGRESS
+    from sensor.kernel.limitmap import LimitKey, LimitMap
 
     lm = LimitMap(*dp.limit_fds)
     frame = FRAMES["ARP request"]
@@ -317,7 +319,9 @@ def measure_limits(dp, progs: dict[str, int], repeat: int, runs: int, fill: int,
 
 def measure_variants(repeat: int, runs: int, fill: int) -> list[dict]:
     """The ARP-request path decomposed, each variant with `fill` entries in its map."""
-    from bcc import BPF
+    from sensor.kernel.loader import bpf_class
+
+    BPF = bpf_class()
 
     vmax = max(1024, 1 << (2 * fill - 1).bit_length())
     b = BPF(text=VARIANTS_SRC.encode(), cflags=[f"-DVMAX={vmax}"])
@@ -340,9 +344,11 @@ def measure_nonarp(repeat: int, runs: int, ours_fd: int | None = None) -> list[d
     around each test run (sub-ns resolution: the kernel reports whole ns per repetition, and the 1.05×
     target is about 1.5 ns here; the CPU clock, unlike the wall clock, stops while other jobs have the
     core). A syscall's own overhead is ~1 µs, i.e. 0.001 ns per repetition at this repeat."""
-    from bcc import BPF
+    from sensor.kernel.loader import bpf_class
 
-    from sensor.datapath import Datapath
+    BPF = bpf_class()
+
+    from sensor.kernel.datapath import Datapath
 
     b = BPF(text=VARIANTS_SRC.encode(), cflags=["-DVMAX=1024"])
     progs = {"empty XDP": BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP).fd,

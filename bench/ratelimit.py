@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.report import machine, median, table, write_section
-from sensor import bpfsys
-from sensor import frames as F
+from sensor.kernel import bpfsys
+from tests.support import frames as F
 
 REPO = Path(__file__).resolve().parent.parent
 EMPTY_XDP = b"int empty_xdp(struct xdp_md *ctx) { return XDP_PASS; }"
@@ -46,11 +46,13 @@ SCENARIOS = [
 
 # -- per-packet cost -----------------------------------------------------------------------------------
 def measure_cost(repeat: int, runs: int) -> list[dict]:
-    from bcc import BPF
+    from sensor.kernel.loader import bpf_class
 
-    from sensor.datapath import Datapath
-    from sensor.layout import BPF_DIR, DIR_EGRESS, DIR_INGRESS, LIMIT_F_DRY_RUN, PROG_TC_EG, PROG_XDP, PROGRAM
-    from sensor.limitmap import NS, LimitKey, LimitMap, LimitVal
+    BPF = bpf_class()
+
+    from sensor.kernel.datapath import Datapath
+    from sensor.kernel.layout import BPF_DIR, DIR_EGRESS, DIR_INGRESS, LIMIT_F_DRY_RUN, PROG_TC_EG, PROG_XDP, PROGRAM
+    from sensor.kernel.limitmap import NS, LimitKey, LimitMap, LimitVal
 
     empty = BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP)
     bare = BPF(src_file=str(PROGRAM).encode(), cflags=[f"-I{BPF_DIR}", "-DARP_SENSOR_NO_LIMITS"])

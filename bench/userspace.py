@@ -45,7 +45,7 @@ def _status(field: str) -> int:
 
 
 def frames_for(n: int, senders: int) -> list[bytes]:
-    from sensor import frames as F
+    from tests.support import frames as F
 
     out = []
     for i in range(n):
@@ -87,11 +87,11 @@ def perf_profile(work: Callable[[], object], seconds: float = 3.0) -> list[tuple
 
 def child(n: int, shape: str, intervals: int, with_perf: bool = False) -> dict:
     """One size and shape, in this process: fill, then `intervals` measured read+aggregate rounds."""
-    from sensor import bpfsys
-    from sensor.aggregate import Aggregator, select
-    from sensor.datapath import Datapath
-    from sensor.layout import DEFAULT_MAX_ENTRIES
-    from sensor.reader import EntryTable, MapReader, Snapshot
+    from sensor.kernel import bpfsys
+    from sensor.kernel.datapath import Datapath
+    from sensor.kernel.layout import DEFAULT_MAX_ENTRIES
+    from sensor.kernel.reader import EntryTable, MapReader, Snapshot
+    from sensor.pipeline.aggregate import Aggregator, select
 
     senders = SHAPES[shape]
     # As a user would size it: the default map, or the next power of two with 25% headroom.
@@ -209,8 +209,8 @@ def map_bytes(m: dict, ncpu: int) -> int | None:
 def kernel_memory() -> list[dict]:
     """Every map the default-sized program loads, from bpftool: reported bytes here, and computed for
     each CPU count (the fixed per-map header is taken from this kernel's report)."""
-    from sensor import bpfsys
-    from sensor.datapath import Datapath
+    from sensor.kernel import bpfsys
+    from sensor.kernel.datapath import Datapath
 
     ncpu_here = bpfsys.possible_cpus()
     dp = Datapath()

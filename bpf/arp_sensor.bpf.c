@@ -208,7 +208,7 @@ static __always_inline int handle_arp(struct hdr_cursor *nh, void *data_end, __u
 	k.vlan = vlan;
 	k.dir = dir;
 
-	/* Order matters and is the documented classification (docs/architecture.md, sensor/refparse.py):
+	/* Order matters and is the documented classification (docs/architecture.md, tests/support/refparse.py):
 	 * probe (request from 0.0.0.0), gratuitous (sender == target), request, reply. */
 	if (op == ARPOP_REQUEST && spa == 0) {
 		h->probe += 1;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
-/* Structs and enums shared by the kernel program (arp_sensor.bpf.c) and user space. sensor/layout.py
+/* Structs and enums shared by the kernel program (arp_sensor.bpf.c) and user space. sensor/kernel/layout.py
  * reads the health enum names from this file and mirrors the structs with struct formats that a test
  * checks against the sizes bcc computes. Keep members naturally aligned and every per-CPU value a
  * multiple of 8 bytes: the kernel copies per-CPU values in 8-byte slots. */
@@ -42,7 +42,7 @@ struct arp_val {
 
 /* Global health counters: one per-CPU struct, so the ARP path does one array lookup however many
  * counters it bumps, and non-ARP frames touch no map at all (frames seen come from the interface's own
- * statistics in user space). sensor/layout.py reads the member names from here: keep one __u64 per
+ * statistics in user space). sensor/kernel/layout.py reads the member names from here: keep one __u64 per
  * line. */
 struct health_counters {
 	__u64 arp;                /* frames with ethertype ARP (after at most two VLAN tags) */
@@ -60,7 +60,7 @@ struct health_counters {
 	__u64 ratelimit_would_drop; /* ARP requests a dry-run limit let through but enforce would drop */
 };
 
-/* Rate limits (docs/ratelimit.md). User space (sensor/limitmap.py) owns the entries; the kernel only
+/* Rate limits (docs/ratelimit.md). User space (sensor/kernel/limitmap.py) owns the entries; the kernel only
  * spends tokens and counts. A plain (not LRU) hash: keys come from user space, never from the wire, and
  * an entry must not vanish under a live limit. */
 #ifndef ARP_SENSOR_MAX_LIMITS

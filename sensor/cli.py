@@ -10,9 +10,9 @@ from sensor import __version__, sdnotify
 from sensor.config import ENV_VAR as CONFIG_ENV
 from sensor.config import ConfigGroup, config_option
 from sensor.errors import EXIT_INTERNAL, SensorError
-from sensor.limitstage import RATELIMIT_KEYS, RateLimitStage, config_from_cli, ratelimit_options
-from sensor.outputs.options import OutputStage, output_options
+from sensor.outputs.stage import OutputStage, output_options
 from sensor.peers.stage import PeerStage, peer_options
+from sensor.pipeline.limit_stage import RATELIMIT_KEYS, RateLimitStage, config_from_cli, ratelimit_options
 
 
 @click.group(cls=ConfigGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,7 +73,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
     Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 environment (privileges, kernel
     headers, bcc), 4 conflict (a foreign XDP program or tc filter, another arp-sensor).
     """
-    from sensor.runner import Runner, RunOptions, check_options
+    from sensor.pipeline.runner import Runner, RunOptions, check_options
 
     opts = RunOptions(interfaces=list(interfaces), attach=attach, xdp_mode=xdp_mode, interval=interval,
                       duration=duration, top=top, min_requests=min_requests, ready_file=ready_file,
@@ -118,7 +118,7 @@ def detach(interfaces: tuple[str, ...]) -> None:
     Example:
       arp-sensor detach -i eth0
     """
-    from sensor.datapath import detach_stale
+    from sensor.kernel.datapath import detach_stale
 
     for ifname in interfaces:
         done = detach_stale(ifname)
@@ -157,14 +157,14 @@ from sensor.lab.cli import lab  # noqa: E402
 
 cli.add_command(lab)
 
-from sensor.doctor import doctor  # noqa: E402
+from sensor.ui.doctor import doctor  # noqa: E402
 
 cli.add_command(doctor)
 
-from sensor.demo import demo  # noqa: E402
+from sensor.ui.demo import demo  # noqa: E402
 
 cli.add_command(demo)
 
-from sensor.top import top  # noqa: E402
+from sensor.ui.top import top  # noqa: E402
 
 cli.add_command(top)

@@ -20,7 +20,7 @@ _HEALTH_KEYS = ("type", "queued", "sent", "dropped", "errors", "connected")
 class Dispatcher:
     """Fans events out to sinks. Safe to call `emit` from one thread; `stats` from any thread."""
 
-    # Called with every event before it is encoded. A test seam (tests/fixtures_schema.py validates
+    # Called with every event before it is encoded. A test seam (tests/support/fixtures_schema.py validates
     # every event emitted in-process through it); production code leaves it empty.
     observers: ClassVar[list[Callable[[Event], None]]] = []
 

@@ -1,4 +1,4 @@
-"""Validate events against sensor/schema/events.schema.json (tests and ARP_SENSOR_VALIDATE_SCHEMA=1).
+"""Validate events against sensor/events/schema/events.schema.json (tests and ARP_SENSOR_VALIDATE_SCHEMA=1).
 
 jsonschema is a test dependency: it is imported only when validation is asked for.
 """
@@ -24,7 +24,7 @@ class SchemaViolation(SensorError):
 
 
 def load_schema() -> dict[str, Any]:
-    return json.loads(resources.files("sensor.schema").joinpath(SCHEMA_FILE).read_text("utf-8"))
+    return json.loads(resources.files("sensor.events.schema").joinpath(SCHEMA_FILE).read_text("utf-8"))
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

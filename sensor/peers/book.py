@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sensor.errors import EXIT_USAGE, SensorError
-from sensor.events import Event, warning_event
+from sensor.events.encode import Event, warning_event
 from sensor.peers import ESTABLISHED, Peer
 from sensor.peers.bird import BirdClient, BirdError, BirdProtocol
 from sensor.peers.k8s import K8sNode, K8sNodesError, parse_nodes

@@ -1,4 +1,4 @@
-"""Wire peers and verdicts into the run loop (sensor.runner.Runner hooks) and the `run` CLI options.
+"""Wire peers and verdicts into the run loop (sensor.pipeline.runner.Runner hooks) and the `run` CLI options.
 
 Per interval the Runner calls `PeerStage.on_interval(interval, now)`: refresh the PeerBook (bounded time),
 update the verdicts with all of the interval's TargetWindows, and return the warning and alert events.
@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from sensor.detect import VerdictEngine
-from sensor.events import Event, warning_event
+from sensor.events.encode import Event, warning_event
 from sensor.peers import PeerBook, peer_fields
 from sensor.peers.book import CALICO_BIRD_SOCKETS
+from sensor.pipeline.detect import VerdictEngine
 
 
 class PeerStage:
@@ -58,7 +58,7 @@ class PeerStage:
         return peer_fields(peer) if peer is not None else None
 
     def install(self, runner: Any) -> None:
-        """Register with a sensor.runner.Runner; the first refresh happens now so that the first
+        """Register with a sensor.pipeline.runner.Runner; the first refresh happens now so that the first
         interval's target events are already annotated."""
         for ev in self.book.refresh(time.time()):
             runner.emit(ev)

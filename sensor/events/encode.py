@@ -1,0 +1,133 @@
+"""ECS-style event dicts (the contract in docs/events.md, validated by sensor/events/schema/events.schema.json).
+
+Pure functions: they take plain data and return dicts ready for any output.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from sensor.model import TargetWindow
+
+SCHEMA_VERSION = "1"
+
+Event = dict[str, Any]
+
+
+def timestamp(now: float) -> str:
+    """RFC 3339, UTC, millisecond precision: what ECS and most pipelines parse without configuration."""
+    dt = datetime.fromtimestamp(now, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def base_event(dataset: str, kind: str, now: float, hostname: str | None = None) -> Event:
+    return {
+        "@timestamp": timestamp(now),
+        "event": {"kind": kind, "dataset": dataset},
+        "observer": {"hostname": hostname or socket.gethostname()},
+        "arp_sensor": {"schema_version": SCHEMA_VERSION},
+    }
+
+
+def target_event(w: TargetWindow, now: float, hostname: str | None = None,
+                 peer: dict[str, Any] | None = None) -> Event:
+    """`arp_sensor.target`: one noteworthy target in one interval. `peer` is `bgp.peer` when known."""
+    ev = base_event("arp_sensor.target", "metric", now, hostname)
+    side = "ingress" if w.key.direction == "ingress" else "egress"
+    ev["observer"][side] = {"interface": {"name": w.interface}}
+    ev["destination"] = {"ip": w.key.ip}
+    ev["network"] = {"direction": w.key.direction}
+    if w.key.vlan:
+        ev["network"]["vlan"] = {"id": str(w.key.vlan)}  # ECS types vlan.id as keyword
+    ev["arp"] = {
+        "requests": w.requests,
+        "requests_per_sec": round(w.requests_per_sec, 3),
+        "replies": w.replies,
+        "gratuitous": w.gratuitous,
+        "probes": w.probes,
+        "senders": w.senders,
+        "top_senders": [{"ip": ip, "requests": n} for ip, n in w.top_senders],
+        "interval_s": w.interval_s,
+    }
+    if peer:
+        ev["bgp"] = {"peer": peer}
+    return ev
+
+
+def health_event(counters: dict[str, int | float], now: float, hostname: str | None = None) -> Event:
+    """`arp_sensor.health`: datapath counters (deltas for the interval and totals) and sensor internals."""
+    ev = base_event("arp_sensor.health", "metric", now, hostname)
+    ev["arp_sensor"]["health"] = dict(counters)
+    return ev
+
+
+def warning_event(action: str, message: str, now: float, hostname: str | None = None,
+                  path: str | None = None) -> Event:
+    """`arp_sensor.health` with `event.kind: event`: something an operator should know about the sensor
+    itself (a peer source down, an interface gone). One per transition, not one per interval.
+    `path` (the BIRD socket or input file concerned) goes to ECS `file.path`."""
+    ev = base_event("arp_sensor.health", "event", now, hostname)
+    ev["event"]["action"] = action
+    ev["log"] = {"level": "warning"}
+    ev["message"] = message
+    if path:
+        ev["file"] = {"path": path}
+    return ev
+
+
+def peer_event(action: str, ip: str, message: str, now: float, *, peer: dict[str, Any] | None = None,
+               evidence: dict[str, Any] | None = None, node_name: str | None = None,
+               verdict: str | None = None, reason: str | None = None,
+               hostname: str | None = None) -> Event:
+    """`arp_sensor.peer` alert on a verdict change (`zombie-peer-detected`, `zombie-peer-cleared`, ...).
+
+    `peer` is `bgp.peer` (see sensor.peers.peer_fields), `evidence` the ARP window (`arp.*`: requests,
+    replies, senders, top_senders, window_s), `verdict` the verdict after the change, `reason` why a
+    verdict cleared (ECS `event.reason`).
+    """
+    ev = base_event("arp_sensor.peer", "alert", now, hostname)
+    ev["event"]["action"] = action
+    if reason:
+        ev["event"]["reason"] = reason
+    ev["destination"] = {"ip": ip}
+    if peer:
+        ev["bgp"] = {"peer": peer}
+    if evidence is not None:
+        ev["arp"] = dict(evidence)
+    if node_name:
+        ev["kubernetes"] = {"node": {"name": node_name}}
+    if verdict:
+        ev["arp_sensor"]["verdict"] = verdict
+    ev["message"] = message
+    return ev
+
+
+def ratelimit_event(action: str, ip: str, now: float, *, mode: str, source: str, limit_pps: float,
+                    limit_burst: int, dropped: int, would_drop: int | None = None,
+                    interval_s: float | None = None, reason: str | None = None, message: str | None = None,
+                    peer: dict[str, Any] | None = None, hostname: str | None = None) -> Event:
+    """`arp_sensor.ratelimit`: a kernel limit for one target was applied, removed, or dropped requests.
+
+    `arp.dropped` is what the kernel dropped (in the interval for `ratelimit-dropping`, over the limit's
+    life for `ratelimit-removed`); `arp.would_drop` the same for dry-run limits. `arp_sensor.ratelimit`
+    holds the mode (dry-run / enforce) and the source (zombie-peer / unanswered-target / manual).
+    """
+    ev = base_event("arp_sensor.ratelimit", "event", now, hostname)
+    ev["event"]["action"] = action
+    if reason:
+        ev["event"]["reason"] = reason
+    ev["destination"] = {"ip": ip}
+    arp: dict[str, Any] = {"dropped": dropped, "limit_pps": limit_pps, "limit_burst": limit_burst}
+    if would_drop is not None:
+        arp["would_drop"] = would_drop
+    if interval_s is not None:
+        arp["interval_s"] = round(interval_s, 3)
+    ev["arp"] = arp
+    ev["arp_sensor"]["ratelimit"] = {"mode": mode, "source": source}
+    if peer:
+        ev["bgp"] = {"peer": peer}
+    if message:
+        ev["message"] = message
+    return ev

@@ -1,0 +1,79 @@
+"""`--output`, `--tag`, `--metrics-port`, `--metrics-addr` for `arp-sensor run`, and the emit path they build.
+
+OutputStage is what the run command holds: `emit` goes to the Runner; every health metric event gets
+the outputs' counters merged in and feeds the Prometheus metrics; SIGHUP reopens file outputs.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sensor.outputs.dispatch import Dispatcher, build_outputs
+from sensor.outputs.spec import FORMS
+
+CLOSE_TIMEOUT = 3.0  # seconds at shutdown to flush queued events to network outputs
+
+
+def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--output", "-o", "output", multiple=True, default=("-",), show_default=True,
+                     metavar="SPEC", help=f"Where events go (repeatable): {FORMS}."),
+        click.option("--tag", default="arp_sensor", show_default=True,
+                     help="Fluent tag for forward:// outputs (overridable per output with ?tag=)."),
+        click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+                     help="Serve Prometheus metrics on this port (0: any free port; default: off)."),
+        click.option("--metrics-addr", default="127.0.0.1", show_default=True,
+                     help="Address for --metrics-port (0.0.0.0 to expose beyond this host)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+class OutputStage:
+    def __init__(self, dispatcher: Dispatcher, metrics: Any = None) -> None:
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.metrics_port: int | None = None
+        # Set by the run command when verdicts exist: () -> {ip: verdict} for the non-healthy ones.
+        self.verdicts: Callable[[], dict[str, str]] | None = None
+
+    @classmethod
+    def from_options(cls, *, output: tuple[str, ...] | list[str], tag: str, metrics_port: int | None,
+                     metrics_addr: str) -> OutputStage:
+        stage = cls(build_outputs(list(output) or ["-"], tag=tag))
+        if metrics_port is not None:
+            from sensor.outputs.metrics import Metrics  # prometheus_client only when asked for
+
+            try:
+                stage.metrics = Metrics()
+                stage.metrics_port = stage.metrics.serve(metrics_addr, metrics_port)
+            except BaseException:
+                stage.dispatcher.close(0)
+                raise
+        return stage
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        event = ev.get("event", {})
+        if event.get("dataset") == "arp_sensor.health" and event.get("kind") == "metric":
+            ev["arp_sensor"]["health"].update(self.dispatcher.health_counters())
+            if self.metrics is not None:
+                self.metrics.observe_outputs(self.dispatcher.stats())
+                if self.verdicts is not None:
+                    self.metrics.set_verdicts(dict(Counter(self.verdicts().values())))
+        if self.metrics is not None:
+            self.metrics.observe_event(ev)
+        self.dispatcher.emit(ev)
+
+    def install_signal_handlers(self) -> None:
+        """SIGHUP (logrotate's postrotate) reopens file outputs instead of killing the sensor."""
+        signal.signal(signal.SIGHUP, lambda *_: self.dispatcher.reopen())
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        self.dispatcher.close(timeout)
+        if self.metrics is not None:
+            self.metrics.close()

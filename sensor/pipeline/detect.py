@@ -1,0 +1,342 @@
+"""Verdicts per IP: join ARP evidence (TargetWindow per interval) with the PeerBook, with hysteresis.
+
+Pure logic: no bcc, no I/O. Call `VerdictEngine.update(windows, book, now)` once per interval with all of
+that interval's TargetWindows (any interface, direction, VLAN); it returns `arp_sensor.peer` alert events
+for verdict changes.
+
+Evidence per IP, summed over a sliding window of `window_s` seconds:
+  requests  ARP requests asking for the IP (ingress and egress: our own and other hosts' requests)
+  alive     proof the host is up: replies or gratuitous ARP from the IP, or the IP asking for others
+            (it appears as a sender in any window)
+
+Verdicts:
+  zombie-peer         a BGP peer BIRD knows, not Established, >= min_requests requests and nothing alive
+  bgp-down-reachable  a BGP peer, not Established, and the host is alive (seen in the window, or at any
+                      time since the session went down: a stopped BIRD behind a live host produces only
+                      sparse unicast ARP, so this evidence is kept until the session is back)
+  unanswered-target   not a BGP peer (or a static/Kubernetes name only), >= min_requests requests, nothing
+                      alive
+  healthy             anything else; an Established peer is always healthy
+
+Hysteresis (the rule the tests check):
+  - enter a verdict only after it has been the raw verdict at every interval for a full window
+    (`window_s`): the first window that shows the evidence plus one more, i.e. evidence across two
+    consecutive windows;
+  - zombie-peer clears when the host shows it is alive, the session is Established again, no requests
+    were seen for a full window, or the peer is no longer configured; a window with fewer requests than
+    `min_requests` does not clear it, so one quiet or one answered-then-lost interval does not flap;
+  - bgp-down-reachable clears when the session is Established or the peer is removed, and turns into
+    zombie-peer when the zombie evidence holds for a full window;
+  - unanswered-target clears when the host is alive or nobody asked for a full window;
+  - while a peer's BIRD socket is unavailable (state unknown) its verdict is held, except that proof of
+    life still clears a zombie.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sensor.events.encode import Event, peer_event, warning_event
+from sensor.model import TargetWindow
+from sensor.peers import Peer, peer_fields
+
+HEALTHY = "healthy"
+ZOMBIE = "zombie-peer"
+DOWN_REACHABLE = "bgp-down-reachable"
+UNANSWERED = "unanswered-target"
+VERDICTS = (HEALTHY, ZOMBIE, DOWN_REACHABLE, UNANSWERED)
+
+_EPS = 1e-6
+
+
+class PeerLookup(Protocol):
+    def get(self, ip: str) -> Peer | None: ...
+
+
+@dataclass(slots=True)
+class _Sample:
+    t: float
+    requests: int
+    replies: int
+    alive: int  # replies + gratuitous + requests the IP itself sent (as far as top senders show)
+    senders: int
+    top: dict[str, int]
+
+
+@dataclass(slots=True)
+class _State:
+    samples: deque[_Sample] = field(default_factory=deque)
+    requests: int = 0  # running sums over `samples`: the per-interval decision needs no loop
+    replies: int = 0
+    alive: int = 0
+    verdict: str = HEALTHY
+    candidate: str | None = None
+    candidate_since: float = 0.0
+    down_since: float | None = None  # BIRD showed the session not Established since then
+    last_alive: float | None = None
+
+
+@dataclass(slots=True)
+class Evidence:
+    requests: int = 0
+    replies: int = 0
+    alive: int = 0
+    senders: int = 0
+    top: dict[str, int] = field(default_factory=dict)
+
+    def fields(self, window_s: float, top_n: int = 5) -> dict[str, Any]:
+        top = sorted(self.top.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+        return {
+            "requests": self.requests,
+            "replies": self.replies,
+            "senders": self.senders,
+            "top_senders": [{"ip": ip, "requests": n} for ip, n in top],
+            "window_s": window_s,
+        }
+
+
+def _per_ip(windows: Iterable[TargetWindow]) -> tuple[dict[str, _Sample], set[str]]:
+    """Sum one interval's windows per IP; also return every IP seen asking (proof that it is alive)."""
+    out: dict[str, _Sample] = {}
+    askers: set[str] = set()
+    for w in windows:
+        s = out.get(w.key.ip)
+        if s is None:
+            s = out[w.key.ip] = _Sample(0.0, 0, 0, 0, 0, {})
+        s.requests += w.requests
+        s.replies += w.replies
+        s.alive += w.replies + w.gratuitous
+        s.senders = max(s.senders, w.senders)
+        for ip, n in w.top_senders:
+            s.top[ip] = s.top.get(ip, 0) + n
+            askers.add(ip)
+    for s in out.values():
+        s.senders = max(s.senders, len(s.top))
+    return out, askers
+
+
+class VerdictEngine:
+    """Per-IP verdicts with hysteresis over a sliding window; see the module docstring for the rules."""
+
+    def __init__(self, window_s: float = 10.0, min_requests: int = 3, hostname: str | None = None,
+                 max_tracked: int = 16384, max_unanswered: int = 64) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        self.window_s = window_s
+        self.min_requests = max(1, min_requests)
+        self.hostname = hostname
+        self.max_tracked = max_tracked
+        self.untracked = 0  # IPs ignored because max_tracked was reached (an attacker picks target IPs)
+        # A scan of a /16 makes thousands of unanswered targets: alert on at most this many at a time.
+        self.max_unanswered = max_unanswered
+        self.suppressed = 0  # unanswered-target verdicts not entered because of max_unanswered
+        self._capped = False
+        self._n_unanswered = 0
+        self._st: dict[str, _State] = {}
+
+    def verdict(self, ip: str) -> str:
+        st = self._st.get(ip)
+        return st.verdict if st else HEALTHY
+
+    def verdicts(self) -> dict[str, str]:
+        """Every IP whose verdict is not healthy."""
+        return {ip: st.verdict for ip, st in self._st.items() if st.verdict != HEALTHY}
+
+    def evidence(self, ip: str) -> Evidence:
+        st = self._st.get(ip)
+        return self._sum(st) if st else Evidence()
+
+    def update(self, windows: Iterable[TargetWindow], book: PeerLookup, now: float) -> list[Event]:
+        per_ip, askers = _per_ip(windows)
+        for ip, s in per_ip.items():
+            st = self._st.get(ip)
+            if st is None:
+                if len(self._st) >= self.max_tracked and (book.get(ip) is None):
+                    self.untracked += 1
+                    continue
+                st = self._st[ip] = _State()
+            s.t = now
+            if ip in askers:
+                s.alive += 1
+            self._push(st, s)
+        for ip in askers:  # a host that asks is alive even when nobody asked for it
+            st = self._st.get(ip)
+            if st is not None and ip not in per_ip:
+                self._push(st, _Sample(now, 0, 0, 1, 0, {}))
+        events: list[Event] = []
+        self._n_unanswered = sum(1 for st in self._st.values() if st.verdict == UNANSWERED)
+        suppressed_before = self.suppressed
+        for ip in list(self._st):
+            st = self._st[ip]
+            while st.samples and st.samples[0].t <= now - self.window_s + _EPS:
+                old = st.samples.popleft()
+                st.requests -= old.requests
+                st.replies -= old.replies
+                st.alive -= old.alive
+            events += self._step(ip, st, book.get(ip), now)
+            if st.verdict == HEALTHY and st.candidate is None and not st.samples:
+                del self._st[ip]
+        capped = self.suppressed > suppressed_before
+        if capped and not self._capped:
+            events.append(warning_event(
+                "verdicts-capped", f"more than {self.max_unanswered} targets are asked for and never answer "
+                f"(a scan?): unanswered-target alerts are capped at {self.max_unanswered}", now, self.hostname))
+        self._capped = capped
+        return events
+
+    # -- internals --------------------------------------------------------------------------------------
+    @staticmethod
+    def _push(st: _State, s: _Sample) -> None:
+        st.samples.append(s)
+        st.requests += s.requests
+        st.replies += s.replies
+        st.alive += s.alive
+
+    def _sum(self, st: _State) -> Evidence:
+        """The full evidence (senders, top senders) for an event; decisions use the running sums."""
+        ev = Evidence()
+        for s in st.samples:
+            ev.requests += s.requests
+            ev.replies += s.replies
+            ev.alive += s.alive
+            ev.senders = max(ev.senders, s.senders)
+            for ip, n in s.top.items():
+                ev.top[ip] = ev.top.get(ip, 0) + n
+        ev.senders = max(ev.senders, len(ev.top))
+        return ev
+
+    def _raw(self, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
+        """The verdict this interval's evidence alone points to; None = unknown (hold)."""
+        if peer is not None and peer.is_bgp:
+            if peer.bgp_state is None:
+                return None
+            if peer.established:
+                return HEALTHY
+            if ev.alive:
+                return DOWN_REACHABLE
+            if ev.requests >= self.min_requests:
+                return ZOMBIE
+            if st.last_alive is not None and st.down_since is not None and st.last_alive >= st.down_since:
+                return DOWN_REACHABLE
+            return HEALTHY  # down, but nobody asks for it: nothing to say from ARP
+        if ev.requests >= self.min_requests and not ev.alive:
+            return UNANSWERED
+        return HEALTHY
+
+    def _clear_reason(self, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
+        v = st.verdict
+        bgp = peer is not None and peer.is_bgp
+        if v == ZOMBIE:
+            if ev.alive:
+                return "host answers ARP again"
+            if not bgp:
+                return "no longer a configured BGP peer"
+            if peer is not None and peer.established:
+                return "BGP session Established again"
+            if ev.requests == 0:
+                return f"no ARP requests for it in {self.window_s:g} s"
+        elif v == DOWN_REACHABLE:
+            if not bgp:
+                return "no longer a configured BGP peer"
+            if peer is not None and peer.established:
+                return "BGP session Established again"
+        elif v == UNANSWERED:
+            if ev.alive:
+                return "host answers ARP"
+            if ev.requests == 0:
+                return f"no ARP requests for it in {self.window_s:g} s"
+            if bgp and peer is not None and peer.bgp_state is not None:
+                return "it is a configured BGP peer now"
+        return None
+
+    def _step(self, ip: str, st: _State, peer: Peer | None, now: float) -> list[Event]:
+        ev = Evidence(requests=st.requests, replies=st.replies, alive=st.alive)
+        if st.samples and st.samples[-1].t == now and st.samples[-1].alive:
+            st.last_alive = now
+        if peer is not None and peer.is_bgp and peer.bgp_state is not None:
+            if peer.established:
+                st.down_since = None
+            elif st.down_since is None:
+                st.down_since = now
+        events: list[Event] = []
+        bgp_now = peer is not None and peer.is_bgp and peer.bgp_state is not None
+        reason = self._clear_reason(st, peer, ev) if st.verdict != HEALTHY else None
+        if reason:
+            events.append(self._event(st.verdict, "cleared", ip, peer, now, reason, st))
+            was, st.verdict, st.candidate = st.verdict, HEALTHY, None
+            if was == UNANSWERED and bgp_now:
+                # the same evidence already held for a window: a zombie need not wait another one
+                st.candidate, st.candidate_since = ZOMBIE, now - self.window_s
+        raw = self._raw(st, peer, ev)
+        if raw is None or raw == st.verdict:
+            st.candidate = None
+            return events
+        if raw == HEALTHY:
+            st.candidate = None  # a non-healthy verdict leaves only by its clear rules above
+            return events
+        if st.candidate != raw:
+            st.candidate, st.candidate_since = raw, now
+        if now - st.candidate_since + _EPS < self.window_s:
+            return events
+        if raw == UNANSWERED:
+            if self._n_unanswered >= self.max_unanswered:
+                self.suppressed += 1
+                return events
+            self._n_unanswered += 1
+        if st.verdict != HEALTHY:
+            why = "host stopped answering ARP" if raw == ZOMBIE else f"now {raw}"
+            events.append(self._event(st.verdict, "cleared", ip, peer, now, why, st))
+        st.verdict, st.candidate = raw, None
+        events.append(self._event(raw, "detected", ip, peer, now, None, st))
+        return events
+
+    def _event(self, verdict: str, change: str, ip: str, peer: Peer | None, now: float,
+               reason: str | None, st: _State) -> Event:
+        after = verdict if change == "detected" else HEALTHY
+        ev = self._sum(st)
+        alive_ago = now - st.last_alive if st.last_alive is not None else 0.0
+        return peer_event(
+            f"{verdict}-{change}", ip, self._message(verdict, change, ip, peer, ev, reason, alive_ago), now,
+            peer=peer_fields(peer) if peer is not None else None, evidence=ev.fields(self.window_s),
+            node_name=peer.node_name if peer else None, verdict=after, reason=reason, hostname=self.hostname,
+        )
+
+    def _message(self, verdict: str, change: str, ip: str, peer: Peer | None, ev: Evidence,
+                 reason: str | None, alive_ago: float = 0.0) -> str:
+        w = f"{self.window_s:g} s"
+        who = f"peer {peer.name} ({ip})" if peer is not None and peer.name else f"{ip}"
+        node = peer.node_name if peer is not None else None
+        if node and not (peer is not None and peer.name == node):
+            who += f" on node {node}"
+        if peer is not None and peer.node_ready is False:
+            who += " (Kubernetes: NotReady)"
+        hosts = f"{ev.senders} host{'s' if ev.senders != 1 else ''}"
+        if change == "cleared":
+            return f"{who}: {verdict} cleared: {reason}"
+        state = ""
+        if peer is not None and peer.is_bgp:
+            state = peer.bgp_state or "unknown"
+            if peer.last_error:
+                state += f", {peer.last_error}"
+        if verdict == ZOMBIE:
+            hint = (f"if node {node} is gone, `kubectl delete node {node}`" if node else
+                    "if the host is gone, remove it from the BGP configuration "
+                    "(Calico: delete its Kubernetes node)")
+            return (f"{who} is down ({state}); {hosts} asked for it {ev.requests} times in {w} "
+                    f"and nobody answered — {hint}")
+        if verdict == DOWN_REACHABLE:
+            svc = f"BIRD/calico-node on node {node}" if node else "the BGP daemon on that host"
+            if ev.replies:
+                proof = f"{ev.replies} ARP replies in {w}"
+            elif ev.alive:
+                proof = f"it sent ARP in the last {w}"
+            else:
+                proof = f"it answered ARP {alive_ago:.0f} s ago, after the session went down"
+            return (f"{who} is down ({state}) but the host is alive ({proof}): "
+                    f"a BGP problem, not a dead host — check {svc}")
+        hint = f" — if node {node} is gone, `kubectl delete node {node}`" if node else ""
+        return (f"{who} is not a BGP peer and never answers: {hosts} asked for it {ev.requests} times "
+                f"in {w}{hint}")

@@ -1,0 +1,140 @@
+"""Wire the rate-limit policy into the run loop: every interval, after the peer stage has updated the
+verdicts, decide which targets to limit (sensor.pipeline.ratelimit) and write, refresh or delete their kernel
+entries (sensor.kernel.limitmap). Also the `run` options --rate-limit and --limit-*.
+
+Entries: one per limited IP x watched interface x direction (egress always; ingress with
+--limit-ingress). Each refresh pushes expires_ns one TTL ahead, so a sensor that dies (even SIGKILL, which
+leaves the programs attached) stops limiting within the TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sensor.errors import SensorError
+from sensor.events.encode import Event
+from sensor.kernel.layout import DIR_EGRESS, DIR_INGRESS
+from sensor.peers import peer_fields
+from sensor.pipeline.ratelimit import DEFAULT_BURST, DEFAULT_PPS, MODES, OFF, LimitConfig, RateLimitPolicy
+
+
+class RateLimitStage:
+    def __init__(self, cfg: LimitConfig, peer_stage: Any, hostname: str | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.peer_stage = peer_stage  # sensor.peers.stage.PeerStage: .engine (verdicts), .book (peers)
+        self.policy = RateLimitPolicy(cfg, hostname, peer_fields)
+        self.log = log or (lambda msg: None)
+        self.runner: Any = None
+        self.lm = None
+        self.map_full_logged = False
+
+    def install(self, runner: Any) -> None:
+        """Register after the PeerStage: its hook updates the verdicts this one reads."""
+        self.runner = runner
+        runner.interval_hooks.append(self.on_interval)
+
+    def _map(self):
+        if self.lm is None:
+            from sensor.kernel.limitmap import LimitMap
+
+            self.lm = LimitMap(*self.runner.datapath.limit_fds)
+            self.lm.clear()
+        return self.lm
+
+    def _alive(self, ip: str) -> bool:
+        return self.peer_stage.engine.evidence(ip).alive > 0
+
+    def on_interval(self, interval: Any, now: float) -> list[Event]:
+        from sensor.kernel.limitmap import LimitKey
+
+        lm = self._map()
+        book = self.peer_stage.book
+        decision = self.policy.update(self.peer_stage.engine.verdicts(), book, self._alive, now)
+        for ev in decision.events:
+            if ev["event"]["dataset"] == "arp_sensor.health":
+                self.log(ev["message"])
+        dirs = [DIR_EGRESS] + ([DIR_INGRESS] if self.cfg.ingress else [])
+        want = {LimitKey(ifindex, ip, d) for ip in decision.limit for ifindex in self.runner.ifnames for d in dirs}
+        totals: dict[str, tuple[int, int]] = {}
+
+        def add(ip: str, val: Any) -> None:
+            d, w = totals.get(ip, (0, 0))
+            totals[ip] = (d + val.dropped, w + val.would_drop)
+
+        # Removals first (a limit goes the interval its reason does), taking their last counters.
+        for key in lm.list_keys():
+            if key not in want:
+                val = lm.take(key)
+                if val is not None:
+                    add(key.ip, val)
+        now_ns = time.monotonic_ns()
+        for key in sorted(want, key=lambda k: (k.ip, k.ifindex, k.dir)):
+            try:
+                lm.apply(key, self.cfg.pps, self.cfg.burst, self.cfg.ttl_s, self.cfg.dry_run, now_ns)
+            except SensorError as e:  # the kernel map is full (many IPs x interfaces): keep what fits
+                if not self.map_full_logged:
+                    self.map_full_logged = True
+                    self.log(f"{e}: some limits not applied")
+                continue
+            val = lm.get(key)
+            if val is not None:
+                add(key.ip, val)
+        return decision.events + self.policy.report(decision, totals, now, interval.interval_s, book)
+
+    def close(self) -> None:
+        """A clean exit removes every limit at once (a crash leaves them to their TTL)."""
+        if self.lm is not None:
+            try:
+                self.lm.clear()
+            except OSError as e:
+                self.log(f"cannot remove rate limits: {e} (they lapse within {self.cfg.ttl_s:g} s)")
+            self.lm = None
+
+
+def ratelimit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The `run` options of this stage (sqlite-utils style reusable decorator). --limit-* default to None
+    so that giving one without --rate-limit is an error rather than silently ignored."""
+    opts = [
+        click.option("--rate-limit", "rate_limit", type=click.Choice(MODES), default=OFF, show_default=True,
+                     help="Limit ARP requests for dead BGP peers in the kernel: dry-run counts what would be "
+                          "dropped, enforce drops on tc egress (docs/ratelimit.md)."),
+        click.option("--limit-pps", type=float, default=None, metavar="PPS",
+                     help=f"Requests per second allowed per limited target and interface [default: "
+                          f"{DEFAULT_PPS:g}, one every {1 / DEFAULT_PPS:g} s; switch DAI: 15 per port]."),
+        click.option("--limit-burst", type=int, default=None, metavar="N",
+                     help=f"Bucket depth: requests allowed back to back [default: {DEFAULT_BURST}]."),
+        click.option("--limit-ttl", type=float, default=None, metavar="S",
+                     help="Seconds a limit outlives its last refresh, e.g. after the sensor is killed "
+                          "[default: 3 intervals]."),
+        click.option("--limit-target", "limit_targets", multiple=True, metavar="IP/CIDR",
+                     help="Limit these targets too (repeatable; CIDR at most /24). Established BGP peers "
+                          "and live hosts are never limited."),
+        click.option("--limit-allow", "limit_allow", multiple=True, metavar="IP/CIDR",
+                     help="Never limit these (repeatable)."),
+        click.option("--limit-unanswered", is_flag=True, default=False,
+                     help="Also limit unanswered-target verdicts (not BGP peers)."),
+        click.option("--limit-ingress", is_flag=True, default=False,
+                     help="Also drop received requests for limited targets (spares this host only; "
+                          "only egress limits reduce switch load)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+RATELIMIT_KEYS = ("rate_limit", "limit_pps", "limit_burst", "limit_ttl", "limit_targets", "limit_allow",
+                  "limit_unanswered", "limit_ingress")
+
+
+def config_from_cli(opts: dict[str, Any], interval: float, attach: str) -> LimitConfig:
+    from sensor.pipeline.ratelimit import config_from_options
+
+    return config_from_options(
+        mode=opts["rate_limit"], pps=opts["limit_pps"], burst=opts["limit_burst"], ttl=opts["limit_ttl"],
+        targets=opts["limit_targets"], allow=opts["limit_allow"], unanswered=opts["limit_unanswered"],
+        ingress=opts["limit_ingress"], interval=interval, attach=attach)

@@ -1,0 +1,49 @@
+"""Smoke versions of the benchmarks (tiny counts): they must run and produce sane structure, so they
+cannot rot. They assert nothing about speed and write nothing to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("docs_untouched")
+
+
+def test_prog_cost_smoke() -> None:
+    from bench import prog_cost
+
+    rows = prog_cost.measure(repeat=50, runs=1, fills=(1, 40), log=lambda _m: None)
+    programs = {r["program"] for r in rows}
+    assert programs == {"empty XDP", "arp-sensor XDP", "arp-sensor tc ingress", "arp-sensor tc egress"}
+    assert {r["fill"] for r in rows} == {1, 40}
+    assert all(r["ns"] >= 0 for r in rows)
+    big = [r for r in rows if r["fill"] == 40]
+    assert big and all(r["entries"] >= 40 for r in big)  # the pre-fill really created distinct entries
+    variants = prog_cost.measure_variants(repeat=50, runs=1, fill=40)
+    assert {v["variant"] for v in variants} >= {"empty XDP", "v_lru", "v_direct"}
+    nonarp = prog_cost.measure_nonarp(repeat=50, runs=1)
+    assert [r["variant"] for r in nonarp] == ["empty XDP", "v_ethertype", "arp-sensor XDP"]
+    text = prog_cost.render(rows, variants, 50, 1, 40, nonarp)
+    assert "## Per-packet cost" in text and "Where the time goes (ARP request)" in text
+    assert "Where the time goes (non-ARP)" in text
+    assert "met" in text or "missed" in text
+
+
+def test_userspace_smoke() -> None:
+    from bench import userspace
+
+    for shape, targets in (("targets", 200), ("pairs", 4)):
+        r = userspace.child(200, shape, intervals=2)
+        assert len(r["rounds"]) == 4 and r["hwm_kb"] > 0 and r["all_windows"] == targets
+        assert [x["changed"] for x in r["rounds"]] == [False, True, False, True]
+        for rnd in r["rounds"]:
+            # every entry was touched once more: 200 live entries, one request each, all active
+            assert (rnd["entries"], rnd["windows"], rnd["requests"]) == (200, targets, 200)
+            assert rnd["chosen"] == min(20, targets)
+    mem = userspace.kernel_memory()
+    counts = next(m for m in mem if m["name"] == "arp_counts")
+    # the formula matches this kernel's own accounting up to the fixed map header
+    assert 0 <= counts["reported_here"] - counts["computed_here"] < 4096
+    text = userspace.render([r], mem, 2)
+    assert "## Userspace scaling" in text and "64 CPUs" in text
+
+

@@ -1,0 +1,219 @@
+"""The kernel program in the real kernel: BPF_PROG_TEST_RUN with crafted frames through the XDP and both
+tc entry points, asserting the exact counter changes each frame causes (and nothing else)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from collections import Counter
+
+import pytest
+
+from sensor.kernel import bpfsys
+from sensor.kernel.layout import ARP_KEY, ARP_VAL, health_names
+from sensor.kernel.reader import pair_totals, target_totals
+from tests.support import frames as F
+
+XDP_PASS = 2
+TC_ACT_UNSPEC = 0xFFFFFFFF  # -1: we never end the tc chain for other filters
+VLAN = F.ETH_P_8021Q
+QINQ = F.ETH_P_8021AD
+
+
+ENTRY_POINTS = {
+    "xdp": ("fn_xdp", XDP_PASS, 0),
+    "tc_in": ("fn_tc_in", TC_ACT_UNSPEC, 0),
+    "tc_eg": ("fn_tc_eg", TC_ACT_UNSPEC, 1),
+}
+
+
+class Probe:
+    """Runs one frame and returns what changed: health deltas, per-target and per-pair deltas."""
+
+    def __init__(self, dp, reader, entry: str) -> None:
+        attr, self.retval, self.dir = ENTRY_POINTS[entry]
+        self.fd = getattr(dp, attr).fd
+        self.reader = reader
+
+    def read(self):
+        entries = self.reader.read_entries()
+        return self.reader.read_health(), target_totals(entries), pair_totals(entries)
+
+    def run(self, frame: bytes):
+        h0, t0, p0 = self.read()
+        res = bpfsys.prog_test_run(self.fd, frame)
+        assert res.retval == self.retval
+        assert res.data_out == frame  # observe only: the frame is never modified
+        h1, t1, p1 = self.read()
+        health = {k: h1[k] - h0[k] for k in h1 if h1[k] != h0[k]}
+        health.pop("inserts", None)  # depends on whether an earlier test created the entry
+        targets = {}
+        for key, v in t1.items():
+            d = tuple(a - b for a, b in zip(v, t0.get(key, (0, 0, 0, 0)), strict=True))
+            if any(d):
+                _ifindex, ip, vlan, direction = key
+                assert direction == self.dir
+                targets[(ip, vlan)] = dict(zip(("requests", "replies", "gratuitous", "probes"), d, strict=True))
+        pairs = {}
+        for key, n in p1.items():
+            d = n - p0.get(key, 0)
+            if d:
+                pairs[(key[1], key[2], key[3])] = d
+        return health, targets, pairs
+
+
+@pytest.fixture(params=list(ENTRY_POINTS))
+def probe(request, dp, reader) -> Probe:
+    return Probe(dp, reader, request.param)
+
+
+def req(ip: str, vlan: int = 0, n: int = 1):
+    return {(ip, vlan): {"requests": n, "replies": 0, "gratuitous": 0, "probes": 0}}
+
+
+def test_struct_layout_matches_bcc(dp):
+    """The user-space struct formats mirror bpf/arp_sensor.h exactly (bcc computed these from the C)."""
+    assert ctypes.sizeof(dp.bpf[b"arp_counts"].Key) == ARP_KEY.size
+    leaf = dp.bpf[b"arp_counts"].Leaf  # per-CPU: an array of the C struct
+    assert ctypes.sizeof(leaf) // bpfsys.possible_cpus() == ARP_VAL.size
+    assert ctypes.sizeof(dp.bpf[b"health"].Leaf) // bpfsys.possible_cpus() == 8 * len(health_names())
+
+
+def test_request(probe):
+    health, targets, pairs = probe.run(F.arp_request("198.18.1.1", "198.18.1.2"))
+    assert health == {"arp": 1, "request": 1}
+    assert targets == req("198.18.1.2")
+    assert pairs == {("198.18.1.1", "198.18.1.2", 0): 1}
+
+
+def test_reply_counts_for_its_sender(probe):
+    health, targets, pairs = probe.run(F.arp_reply("198.18.1.2", "198.18.1.1"))
+    assert health == {"arp": 1, "reply": 1}
+    assert targets == {("198.18.1.2", 0): {"requests": 0, "replies": 1, "gratuitous": 0, "probes": 0}}
+    assert pairs == {}
+
+
+@pytest.mark.parametrize("op", [F.ARP_REQUEST, F.ARP_REPLY])
+def test_gratuitous(probe, op):
+    health, targets, pairs = probe.run(F.arp_gratuitous("198.18.1.3", op=op))
+    assert health == {"arp": 1, "gratuitous": 1}
+    assert targets == {("198.18.1.3", 0): {"requests": 0, "replies": 0, "gratuitous": 1, "probes": 0}}
+    assert pairs == {}
+
+
+def test_probe_is_not_a_request(probe):
+    health, targets, pairs = probe.run(F.arp_probe("198.18.1.4"))
+    assert health == {"arp": 1, "probe": 1}
+    assert targets == {("198.18.1.4", 0): {"requests": 0, "replies": 0, "gratuitous": 0, "probes": 1}}
+    assert pairs == {}
+
+
+def test_vlan_8021q(probe):
+    health, targets, pairs = probe.run(F.arp_request("198.18.1.1", "198.18.1.5", vlans=[(VLAN, 100)]))
+    assert health == {"arp": 1, "request": 1}
+    assert targets == req("198.18.1.5", vlan=100)
+    assert pairs == {("198.18.1.1", "198.18.1.5", 100): 1}
+
+
+def test_qinq_keeps_the_outer_tag(probe):
+    frame = F.arp_request("198.18.1.1", "198.18.1.6", vlans=[(QINQ, 200), (VLAN, 300)])
+    health, targets, _ = probe.run(frame)
+    assert health == {"arp": 1, "request": 1}
+    assert targets == req("198.18.1.6", vlan=200)
+
+
+def test_double_8021q(probe):
+    frame = F.arp_request("198.18.1.1", "198.18.1.7", vlans=[(VLAN, 10), (VLAN, 20)])
+    health, targets, _ = probe.run(frame)
+    assert health == {"arp": 1, "request": 1}
+    assert targets == req("198.18.1.7", vlan=10)
+
+
+def test_three_tags_are_not_parsed(probe):
+    frame = F.arp_request("198.18.1.1", "198.18.1.8", vlans=[(QINQ, 1), (VLAN, 2), (VLAN, 3)])
+    health, targets, pairs = probe.run(frame)
+    assert health == {"vlan_too_deep": 1}
+    assert targets == {} and pairs == {}
+
+
+def test_padded_and_unpadded_frames_count_the_same(probe):
+    padded = F.arp_request("198.18.1.1", "198.18.1.9", pad_to=60)
+    bare = F.arp_request("198.18.1.1", "198.18.1.9", pad_to=0)
+    assert len(padded) == 60 and len(bare) == 42
+    for frame in (padded, bare):
+        health, targets, _ = probe.run(frame)
+        assert health == {"arp": 1, "request": 1}
+        assert targets == req("198.18.1.9")
+
+
+@pytest.mark.parametrize("cut", [14, 15, 20, 21, 27, 41])
+def test_truncated_arp_is_malformed(probe, cut):
+    frame = F.arp_request("198.18.1.1", "198.18.1.10", pad_to=0)[:cut]
+    health, targets, pairs = probe.run(frame)
+    assert health == {"arp": 1, "malformed": 1}
+    assert targets == {} and pairs == {}
+
+
+@pytest.mark.parametrize("field", [{"hrd": 6}, {"pro": 0x86DD}, {"hln": 8}, {"pln": 16}, {"hln": 0}])
+def test_wrong_header_fields_are_malformed(probe, field):
+    payload = F.arp_payload(F.ARP_REQUEST, b"\x02" * 6, "198.18.1.1", b"\0" * 6, "198.18.1.11", **field)
+    health, targets, pairs = probe.run(F.ethernet(F.BROADCAST, b"\x02" * 6, F.ETH_P_ARP, payload, pad_to=60))
+    assert health == {"arp": 1, "malformed": 1}
+    assert targets == {} and pairs == {}
+
+
+def test_other_operation(probe):
+    payload = F.arp_payload(3, b"\x02" * 6, "198.18.1.1", b"\0" * 6, "198.18.1.12")  # RARP request
+    health, targets, _ = probe.run(F.ethernet(F.BROADCAST, b"\x02" * 6, F.ETH_P_ARP, payload, pad_to=60))
+    assert health == {"arp": 1, "other_op": 1}
+    assert targets == {}
+
+
+def test_vlan_tag_cut_short_is_a_runt(probe):
+    frame = F.BROADCAST + b"\x02" * 6 + VLAN.to_bytes(2, "big") + b"\x00"
+    health, targets, _ = probe.run(frame)
+    assert health == {"runt": 1}
+    assert targets == {}
+
+
+@pytest.mark.parametrize("frame", [F.ipv4_udp(), F.ipv6_udp(), F.ethernet(F.BROADCAST, b"\x02" * 6, 0x88B5, b"")],
+                         ids=["ipv4", "ipv6", "eth-header-only"])
+def test_non_arp_only_counts_the_frame(probe, frame):
+    health, targets, pairs = probe.run(frame)
+    assert health == {}  # the fast path touches no map at all
+    assert targets == {} and pairs == {}
+
+
+@pytest.mark.parametrize("size", [0, 1, 13])
+def test_runt_below_ethernet_header_is_refused_by_the_kernel(dp, reader, size):
+    """The kernel will not run XDP/tc on less than an Ethernet header (nor can a NIC deliver one):
+    BPF_PROG_TEST_RUN says EINVAL and no counter moves."""
+    before = reader.read_health()
+    for fn in (dp.fn_xdp, dp.fn_tc_in, dp.fn_tc_eg):
+        with pytest.raises(OSError) as exc:
+            bpfsys.prog_test_run(fn.fd, b"\xff" * size)
+        assert exc.value.errno == errno.EINVAL
+    assert reader.read_health() == before
+
+
+def test_repeat_counts_every_run(dp, reader):
+    """A batch of 1000 runs counts exactly 1000 requests: per-CPU counters lose nothing."""
+    before = target_totals(reader.read_entries())
+    bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.2.1", "198.18.2.2"), repeat=1000)
+    after = target_totals(reader.read_entries())
+    key = next(k for k in after if k[1] == "198.18.2.2" and k[3] == 0)
+    assert after[key][0] - before.get(key, (0,))[0] == 1000
+
+
+def test_mixed_burst_matches_a_tally(dp, reader):
+    """Many frame kinds interleaved: the health totals equal a tally of what was sent."""
+    mix = ([F.arp_request("198.18.3.1", f"198.18.3.{i}") for i in range(2, 40)]
+           + [F.arp_reply(f"198.18.3.{i}", "198.18.3.1") for i in range(2, 10)]
+           + [F.arp_probe("198.18.3.99"), F.arp_gratuitous("198.18.3.98"), F.ipv4_udp(), F.ipv6_udp()])
+    expect = Counter(arp=len(mix) - 2, request=38, reply=8, probe=1, gratuitous=1)
+    h0 = reader.read_health()
+    for frame in mix:
+        bpfsys.prog_test_run(dp.fn_xdp.fd, frame)
+    h1 = reader.read_health()
+    got = Counter({k: h1[k] - h0[k] for k in h1 if h1[k] != h0[k] and k != "inserts"})
+    assert got == expect

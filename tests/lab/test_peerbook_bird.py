@@ -1,0 +1,72 @@
+"""PeerBook polling a real BIRD 2 (own netns) while it is stopped, killed, frozen and restarted."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from sensor.peers import PeerBook
+from sensor.peers.bird import BirdClient
+
+
+@pytest.fixture(scope="module")
+def bird():
+    from tests.support.birdproc import BirdNetns
+
+    with BirdNetns(n_peers=4) as b:
+        yield b
+
+
+def actions(events):
+    return [e["event"]["action"] for e in events]
+
+
+def test_live_bird_reply_parses_like_the_fixtures(bird):
+    protos = BirdClient(bird.socket).show_protocols()
+    bgp = {p.neighbor_ip: p for p in protos if p.is_bgp}
+    assert sorted(bgp) == sorted(bird.peers)
+    for i, ip in enumerate(bird.peers):
+        p = bgp[ip]
+        assert p.name == f"Mesh_{ip.replace('.', '_')}" and p.state == "start"
+        assert p.bgp_state == ("Passive" if i % 2 == 1 else p.bgp_state)
+        assert p.bgp_state in ("Idle", "Connect", "Active", "Passive")
+        assert p.details["Neighbor AS"] == "64512"
+
+
+def test_peerbook_survives_bird_stop_kill_freeze_restart(bird):
+    book = PeerBook([bird.socket], timeout=0.2, retry_s=0.0)
+    t = 0.0
+
+    def step():
+        nonlocal t
+        t += 1
+        started = time.monotonic()
+        ev = book.refresh(t)
+        assert time.monotonic() - started < 1.5  # bounded by the 0.2 s timeout (loose: CPU contention)
+        return ev
+
+    assert step() == [] and len(book.peers()) == 4
+    assert all(p.bgp_state is not None for p in book.peers())
+
+    for how in ("stop", "kill", "freeze"):
+        if how == "stop":
+            bird.stop()
+        elif how == "kill":
+            bird.stop(signal.SIGKILL)  # stale socket file: connection refused
+        else:
+            bird.proc.send_signal(signal.SIGSTOP)  # accepts in the backlog, never answers
+        ev = step()
+        assert actions(ev) == ["peer-source-unavailable"], how
+        assert step() == []  # one warning per transition
+        assert len(book.peers()) == 4 and all(p.bgp_state is None for p in book.peers())
+        if how == "freeze":
+            bird.proc.send_signal(signal.SIGCONT)
+        else:
+            bird.start()
+        ev = step()
+        assert actions(ev) == ["peer-source-recovered"], how
+        assert {p.ip for p in book.peers()} == set(bird.peers)
+        assert all(p.bgp_state in ("Idle", "Connect", "Active", "Passive") for p in book.peers())
+    book.close()

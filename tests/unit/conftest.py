@@ -1,0 +1,7 @@
+"""Tier `unit`: no root, no network namespaces: seconds."""
+
+from tests.support.tiers import apply_tier
+
+
+def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
+    apply_tier(items, __file__)
