@@ -19,7 +19,7 @@ from typing import Any
 
 from sensor.errors import EXIT_USAGE, SensorError
 from sensor.events.encode import Event, warning_event
-from sensor.peers import ESTABLISHED, Peer
+from sensor.model import ESTABLISHED, Peer
 from sensor.peers.bird import BirdClient, BirdError, BirdProtocol
 from sensor.peers.k8s import K8sNode, K8sNodesError, parse_nodes
 from sensor.peers.static import StaticPeer, parse_peers

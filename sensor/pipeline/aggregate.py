@@ -11,14 +11,13 @@ milliseconds, docs/benchmarks.md), and TargetWindow objects are built only when 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
 
 from sensor.kernel.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
 from sensor.kernel.reader import EntryTable, Snapshot, ip_text
-from sensor.model import TargetWindow, WindowKey
+from sensor.model import Interval, TargetWindow, WindowKey
 
 _U64 = np.uint64
 # Multipliers of a 64-bit mixing hash: entries are matched between snapshots by hash, then verified
@@ -34,17 +33,6 @@ def _ip_text_rank(ip: np.ndarray) -> np.ndarray:
     """A u64 per IP (wire bytes as little-endian u32) that orders like the dotted-quad text."""
     wire = np.ascontiguousarray(ip, dtype="<u4").view(np.uint8)  # first octet first
     return _OCTET_RANK[wire].view(">u4").astype(_U64)  # ranked octets, first one most significant
-
-
-@dataclass
-class Interval:
-    interval_s: float
-    windows: Sequence[TargetWindow]  # every (interface, direction, VLAN, IP) with activity, busiest first
-    health: dict[str, int]  # deltas of the kernel health counters
-    health_total: dict[str, int]
-    entries_live: int = 0
-    entries_evicted: int = 0  # cumulative: inserts - live entries
-    targets_live: int = 0  # distinct (interface, direction, VLAN, IP) in the map
 
 
 class _Sorted:

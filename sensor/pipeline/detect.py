@@ -37,11 +37,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sensor.events.encode import Event, peer_event, warning_event
-from sensor.model import TargetWindow
-from sensor.peers import Peer, peer_fields
+from sensor.model import Peer, PeerLookup, TargetWindow
+from sensor.peers import peer_fields
 
 HEALTHY = "healthy"
 ZOMBIE = "zombie-peer"
@@ -50,10 +50,6 @@ UNANSWERED = "unanswered-target"
 VERDICTS = (HEALTHY, ZOMBIE, DOWN_REACHABLE, UNANSWERED)
 
 _EPS = 1e-6
-
-
-class PeerLookup(Protocol):
-    def get(self, ip: str) -> Peer | None: ...
 
 
 @dataclass(slots=True)
@@ -144,6 +140,9 @@ class VerdictEngine:
     def verdicts(self) -> dict[str, str]:
         """Every IP whose verdict is not healthy."""
         return {ip: st.verdict for ip, st in self._st.items() if st.verdict != HEALTHY}
+
+    def alive(self, ip: str) -> bool:
+        return self.evidence(ip).alive > 0
 
     def evidence(self, ip: str) -> Evidence:
         st = self._st.get(ip)

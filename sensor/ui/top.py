@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:  # numpy and the reader load only when top runs, not for `arp-sensor --help`
-    from sensor.pipeline.aggregate import Interval
-from sensor.peers.stage import peer_options
-from sensor.pipeline.limit_stage import RATELIMIT_KEYS, ratelimit_options
+    from sensor.model import Interval
+    from sensor.pipeline.limit_stage import RateLimitStage
+from sensor.model import StageContext
+from sensor.pipeline.stages import stage_options
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY = 16  # intervals of history per IP (the sparkline's width)
@@ -129,7 +130,7 @@ def columns_for(width: int) -> list[tuple[str, int, str]]:
     return [c for c in COLUMNS if c[0] in chosen]
 
 
-def limit_cell(limiter: Any | None, ip: str) -> str:
+def limit_cell(limiter: RateLimitStage | None, ip: str) -> str:
     """`dry-run 12` (would have dropped 12) or `enforce 12` (dropped 12) while a limit holds the target."""
     a = limiter.policy.active.get(ip) if limiter is not None else None
     if a is None:
@@ -146,12 +147,12 @@ def _limit_text(mode: str, n: int) -> str:
 Info = Callable[[str], tuple[str, str, str, str]]
 
 
-def live_info(stage: Any | None, limiter: Any | None) -> Info:
+def live_info(ctx: StageContext, limiter: RateLimitStage | None) -> Info:
     def info(ip: str) -> tuple[str, str, str, str]:
-        peer = stage.book.get(ip) if stage is not None else None
+        peer = ctx.peers.get(ip) if ctx.peers is not None else None
         return ((peer.name or "") if peer is not None else "",
                 (peer.bgp_state or "unknown") if peer is not None and peer.is_bgp else "",
-                stage.engine.verdict(ip) if stage is not None else "", limit_cell(limiter, ip))
+                ctx.verdicts.verdict(ip) if ctx.verdicts is not None else "", limit_cell(limiter, ip))
     return info
 
 
@@ -195,8 +196,7 @@ class EventFeed:
     def feed(self, line: str) -> Interval | None:
         import json
 
-        from sensor.model import TargetWindow, WindowKey
-        from sensor.pipeline.aggregate import Interval
+        from sensor.model import Interval, TargetWindow, WindowKey
 
         try:
             ev = json.loads(line)
@@ -336,11 +336,10 @@ def read_key(fd: int | None, timeout: float) -> str | None:
 @click.option("--rows", type=click.IntRange(1, 10000), default=20, show_default=True, help="Rows to show.")
 @click.option("--once", is_flag=True, help="Print one table and exit: after one interval, or with --events "
                                            "at the end of the input (for pipes).")
-@peer_options
-@ratelimit_options
+@stage_options(outputs=False)
 @click.pass_context
 def top(ctx: click.Context, interfaces: tuple[str, ...], events_path: str | None, attach: str, interval: float,
-        sort: str, rows: int, once: bool, **peer_opts: Any) -> None:
+        sort: str, rows: int, once: bool, **stage_opts: Any) -> None:
     """Live view of the busiest ARP targets: requests/s, trend, senders, replies, BGP peer and verdict.
 
     With -i, top attaches like `run` (and detaches on exit) and refreshes every --interval. BGP
@@ -370,8 +369,8 @@ def top(ctx: click.Context, interfaces: tuple[str, ...], events_path: str | None
         if ctx.get_parameter_source("interfaces") == ParameterSource.COMMANDLINE and interfaces:
             raise click.UsageError("give -i/--interface (attach) or --events (read a sensor's JSON), not both")
         flags = {"bird_sockets": "--bird-socket", "peers_file": "--peers", "k8s_nodes": "--k8s-nodes"}
-        given = [flag for name, flag in flags.items() if peer_opts.get(name)]
-        if peer_opts.get("rate_limit", "off") != "off":
+        given = [flag for name, flag in flags.items() if stage_opts.get(name)]
+        if stage_opts.get("rate_limit", "off") != "off":
             given.append("--rate-limit")
         if given:
             raise click.UsageError(f"{', '.join(given)} only apply with -i: with --events the running sensor "
@@ -380,7 +379,7 @@ def top(ctx: click.Context, interfaces: tuple[str, ...], events_path: str | None
         return
     if not interfaces:
         raise click.UsageError("Missing option '-i' / '--interface' (or --events FILE|-)")
-    _top_live(list(interfaces), attach, interval, sort, rows, once, peer_opts)
+    _top_live(list(interfaces), attach, interval, sort, rows, once, stage_opts)
 
 
 def _console():
@@ -414,14 +413,16 @@ def _show_loop(console, tty_out: bool, keys, step: Callable[[float], bool], draw
 
 
 def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, rows: int, once: bool,
-              peer_opts: dict[str, Any]) -> None:
+              stage_opts: dict[str, Any]) -> None:
     from sensor.peers.stage import PeerStage
-    from sensor.pipeline.limit_stage import RateLimitStage, config_from_cli
+    from sensor.pipeline.limit_stage import RateLimitStage
     from sensor.pipeline.runner import Runner, RunOptions, check_options
+    from sensor.pipeline.stages import build_stages, close_stages, install_stages
 
     opts = RunOptions(interfaces=interfaces, attach=attach, interval=interval, top=1,
                       min_requests=1 << 62)  # no target events: the table is the output
-    limit_cfg = config_from_cli({k: peer_opts.pop(k) for k in RATELIMIT_KEYS}, interval, attach)
+    given_sources = bool(stage_opts.get("bird_sockets") or stage_opts.get("peers_file")
+                         or stage_opts.get("k8s_nodes"))
     check_options(opts)
     notes: deque[str] = deque(maxlen=3)  # the latest messages about the sensor itself, for the caption
 
@@ -429,25 +430,24 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
         if ev.get("event", {}).get("kind") == "event" and ev.get("message"):  # warnings (BIRD down ...)
             notes.append(ev["message"])
 
+    ctx = StageContext(interval=interval, attach=attach, hostname=opts.hostname, log=notes.append)
+    stages = build_stages(ctx, stage_opts, outputs=False)  # the table is the output
     runner = Runner(opts, collect, notes.append)
     runner.install_signal_handlers()
-    stage = PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname)
-    stage.install(runner)
-    limiter = RateLimitStage(limit_cfg, stage, opts.hostname, notes.append) if limit_cfg.enabled else None
-    if limiter:
-        limiter.install(runner)
-    have_peers = bool(peer_opts.get("bird_sockets") or peer_opts.get("peers_file") or peer_opts.get("k8s_nodes")
-                      or any(s["ok"] is not None for s in stage.book.sources()))
+    install_stages(stages, runner)
+    peer_stage = next(s for s in stages if isinstance(s, PeerStage))
+    limiter = next((s for s in stages if isinstance(s, RateLimitStage)), None)
+    have_peers = given_sources or any(s["ok"] is not None for s in peer_stage.book.sources())
     state = TopState()
     console, tty_out = _console()
     sort_box = [sort]
-    info = live_info(stage, limiter)
+    info = live_info(ctx, limiter)
 
     def draw():
         title = (f"arp-sensor top · {', '.join(interfaces)} ({attach}) · every {interval:g}s · "
                  f"{len(state.rows)} targets · sort: {sort_box[0]}" + ("" if once else " · q quit, s sort"))
         caption = [] if have_peers else ["no BIRD socket or peers file: BGP columns empty"]
-        caption.append(f"rate limits: {limit_cfg.mode}" if limiter else "rate limits: off (--rate-limit)")
+        caption.append(f"rate limits: {limiter.cfg.mode}" if limiter else "rate limits: off (--rate-limit)")
         return render(state, sort_box[0], rows, title, caption + list(notes), console.width, info)
 
     next_tick = [0.0]
@@ -481,10 +481,8 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
 
             raise SensorError(f"no interface left to watch ({', '.join(interfaces)} gone); exiting", EXIT_INTERNAL)
     finally:
-        if limiter:
-            limiter.close()
+        close_stages(stages, notes.append)
         problems = runner.close()
-        stage.close()
         for p in problems:
             click.echo(f"arp-sensor: {p}", err=True)
 
