@@ -36,6 +36,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from sensor.errors import EXIT_ENV, EXIT_INTERNAL, SensorError
 from sensor.lab import birdconf, vlanwire
+from sensor.peers.bird import BirdClient, BirdError, BirdProtocol
 
 STATE_ROOT = Path(os.environ.get("ARP_SENSOR_LAB_DIR", "/run/arp-sensor/lab"))
 NETNS_DIR = "/run/netns"
@@ -59,34 +60,6 @@ class Node:
     netns: str
     port: str  # the bridge-side veth in the switch namespace
     state: str = UP
-
-
-@dataclass
-class Protocol:
-    """One row of `birdc show protocols`."""
-
-    name: str
-    proto: str
-    state: str
-    since: str
-    info: str
-
-    @property
-    def established(self) -> bool:
-        return self.info.startswith("Established")
-
-
-def parse_show_protocols(text: str) -> list[Protocol]:
-    """Rows of birdc's `show protocols` output (birdc strips the reply codes)."""
-    rows = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5 or parts[0] in ("Name", "BIRD") or line.startswith(" "):
-            continue
-        name, proto, _table, state, since = parts[:5]
-        info = re.sub(r"\s+", " ", parts[5]).strip() if len(parts) > 5 else ""
-        rows.append(Protocol(name, proto, state, since, info))
-    return rows
 
 
 def neigh_entries_in_use() -> int:
@@ -468,9 +441,16 @@ class Lab:
             )
         return r.stdout
 
-    def protocols(self, node: str | int) -> dict[str, Protocol]:
-        """The node's BGP sessions by protocol name (Mesh_198_18_0_3 ...)."""
-        return {p.name: p for p in parse_show_protocols(self.birdc(node)) if p.proto == "BGP"}
+    def protocols(self, node: str | int) -> dict[str, BirdProtocol]:
+        """The node's BGP sessions by protocol name (Mesh_198_18_0_3 ...), read from its control socket
+        with the sensor's own BIRD client (one parser for BIRD's replies)."""
+        client = BirdClient(self.bird_socket(node), timeout=5)
+        try:
+            return {p.name: p for p in client.show_protocols() if p.is_bgp}
+        except (OSError, BirdError) as e:
+            raise SensorError(f"lab: BIRD on {self.node(node).name} did not answer: {e}", EXIT_ENV) from None
+        finally:
+            client.close()
 
     # ---- power
     def _set_links(self, n: Node, state: str) -> None:

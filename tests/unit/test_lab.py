@@ -14,7 +14,7 @@ import pytest
 
 from sensor.errors import SensorError
 from sensor.lab import birdconf
-from sensor.lab.lab import parse_show_protocols, parse_tcpdump_line
+from sensor.lab.lab import parse_tcpdump_line
 from tests.support.fixtures_lab import ROOT, cli, leftovers, unique_lab_name
 
 # ---- the config renderer (pure)
@@ -102,21 +102,6 @@ def test_birdconf_entry_point_rejects_bad_hold_time() -> None:
 
 
 # ---- parsers (pure)
-
-
-def test_parse_show_protocols() -> None:
-    text = """BIRD 2.0.12 ready.
-Name       Proto      Table      State  Since         Info
-device1    Device     ---        up     23:03:03.697
-Mesh_198_18_0_2 BGP        ---        start  23:03:10.648  Passive       BGP Error: Hold timer expired
-Mesh_198_18_0_4 BGP        ---        up     23:03:05.634  Established
-Mesh_198_18_0_9 BGP        ---        start  23:03:11.698  Active        Socket: No route to host
-"""
-    rows = {p.name: p for p in parse_show_protocols(text)}
-    assert set(rows) == {"device1", "Mesh_198_18_0_2", "Mesh_198_18_0_4", "Mesh_198_18_0_9"}
-    assert rows["Mesh_198_18_0_4"].established and not rows["Mesh_198_18_0_2"].established
-    assert rows["Mesh_198_18_0_2"].info == "Passive BGP Error: Hold timer expired"
-    assert rows["Mesh_198_18_0_9"].info == "Active Socket: No route to host"
 
 
 def test_parse_tcpdump_lines_tagged_and_untagged() -> None:
