@@ -166,7 +166,7 @@ def test_lab_bad_name_and_missing_lab() -> None:
 # ---- vagrant/
 
 
-def test_vagrantfile_validates() -> None:
+def test_vagrantfile_validates(tmp_path: Path) -> None:
     vagrant = shutil.which("vagrant")
     if vagrant is None:
         pytest.skip("vagrant binary absent (scripts/install-system.sh installs it)")
@@ -176,7 +176,8 @@ def test_vagrantfile_validates() -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"},
+        # its own home: the caller's may not be writable (make test-unit as any user)
+        env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_HOME": str(tmp_path / "vagrant.d")},
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "validated successfully" in r.stdout
