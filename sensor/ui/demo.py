@@ -103,9 +103,9 @@ class Demo:
             f"{duration:.0f}",
             "--hostname",
             "n1",
+            "--bird-socket",
+            self.lab.bird_socket("n1"),
         ]
-        if sensor_supports("--bird-socket"):
-            argv += ["--bird-socket", self.lab.bird_socket("n1")]
         return self.lab.exec_argv("n1", argv)
 
     def _read_stdout(self) -> None:
@@ -246,8 +246,6 @@ class Demo:
         if alerts:
             out.append("sensor alerts:")
             out += [f"  {a['event'].get('action')}: {a.get('message', '')}" for a in alerts]
-        elif not sensor_supports("--bird-socket"):
-            out.append("(this arp-sensor has no --bird-socket yet: BGP correlation comes from birdc above)")
         asked = {ip for ip in per_target if ip in dead_ips}
         names = ", ".join(dead_ips.values())
         verdict = (
@@ -265,19 +263,6 @@ class Demo:
                 self.proc.wait(5)
         Lab.destroy(self.name)  # also kills the sensor if it is still there: its argv names the state dir
         self.say(f"lab {self.name} removed")
-
-
-_supports: dict[str, bool] = {}
-
-
-def sensor_supports(flag: str) -> bool:
-    """Whether `arp-sensor run` has `flag` (the demo uses BGP correlation once it exists)."""
-    if flag not in _supports:
-        from sensor.cli import cli
-
-        run = cli.commands.get("run")
-        _supports[flag] = bool(run and any(flag in p.opts for p in run.params))
-    return _supports[flag]
 
 
 @click.command()
