@@ -79,7 +79,7 @@ def test_dropped_requests_are_still_counted(dp, lm, reader):
     before = reader.read_entries()
     run(dp.fn_tc_eg.fd, req(), 4)
     after = reader.read_entries()
-    k = (LO, TARGET, ASKER, 0, DIR_EGRESS, 0)
+    k = (LO, TARGET, ASKER, 0, DIR_EGRESS, 0, "02:00:00:00:00:01", 0)  # frames.arp_request's default MAC
     assert after[k][0] - before.get(k, (0, 0))[0] == 4
 
 

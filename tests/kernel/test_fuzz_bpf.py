@@ -21,9 +21,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.kernel import bpfsys
+from sensor.kernel.layout import (
+    KEY_F_MAC_MISMATCH,
+    KIND_GRATUITOUS,
+    KIND_PROBE,
+    KIND_REPLY,
+    KIND_REQUEST,
+    header_define,
+)
 from sensor.kernel.reader import MapReader, pair_totals, target_totals
 from tests.support import frames as F
 from tests.support.refparse import ARP_LEN, TARGET_FIELD, classify
+from tests.support.refparse import KEY_F_MAC_MISMATCH as REF_MAC_MISMATCH
 
 XDP_PASS, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
 ENTRY_POINTS = {"xdp": ("fn_xdp", XDP_PASS, 0), "tc_in": ("fn_tc_in", TC_ACT_UNSPEC, 0),
@@ -32,6 +41,7 @@ MAP_SIZE = 16384  # far above the keys one batch creates: an eviction would be a
 READ_MAX = 4096
 MIN_FRAMES = 100_000
 KINDS = ("requests", "replies", "gratuitous", "probes")
+KIND_NAMES = {KIND_REQUEST: "request", KIND_REPLY: "reply", KIND_GRATUITOUS: "gratuitous", KIND_PROBE: "probe"}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +104,10 @@ def arp_frames(draw) -> bytes:
     ethertype = F.ETH_P_ARP
     if draw(st.integers(0, 9)) == 0:  # mutate the ethertype too, now and then
         ethertype = draw(st.sampled_from([F.ETH_P_IP, F.ETH_P_8021Q, 0x8035, 0x0000, 0xFFFF]))
-    frame = F.ethernet(F.BROADCAST, sha, ethertype, bytes(payload), vlans=draw(tags))
+    # Usually the Ethernet source is the sha (a host speaking for itself); sometimes not (a proxy, a bridge,
+    # a spoofer): the key's MAC-mismatch flag.
+    src = sha if draw(st.integers(0, 3)) else draw(st.binary(min_size=6, max_size=6))
+    frame = F.ethernet(F.BROADCAST, src, ethertype, bytes(payload), vlans=draw(tags))
     return draw(tails(frame))
 
 
@@ -152,7 +165,7 @@ class Harness:
         h_start = prev = self.reader.read_health()
         want_targets: dict[tuple[str, int], Counter] = {}
         want_pairs: Counter = Counter()
-        want_entries: set = set()  # one map entry per (ip, peer, vlan, kind)
+        want_entries: Counter = Counter()  # count per map entry (ip, peer, vlan, kind, mac, flags)
         for frame in frames:
             v = classify(frame)
             self.frames += 1
@@ -174,7 +187,7 @@ class Harness:
             self.kinds[v.health[-1] if v.health else "ignored"] += 1
             if v.kind:
                 want_targets.setdefault((v.ip, v.vlan), Counter())[TARGET_FIELD[v.kind]] += 1
-                want_entries.add((v.ip, v.pair[0] if v.pair else "0.0.0.0", v.vlan, v.kind))
+                want_entries[v.entry] += 1
             if v.pair:
                 want_pairs[(*v.pair, v.vlan)] += 1
 
@@ -192,6 +205,10 @@ class Harness:
         # Every key was created exactly once, and nothing was evicted or refused by the map.
         h_end = self.reader.read_health()
         assert len(entries) == len(want_entries)
+        got_entries = Counter()
+        for (_ifindex, ip, peer, vlan, _d, kind, mac, flags), (n, _first) in entries.items():
+            got_entries[(ip, peer, vlan, KIND_NAMES[kind], mac, flags)] += n
+        assert got_entries == want_entries
         assert h_end["inserts"] - h_start["inserts"] == len(want_entries)
         assert h_end["insert_fail"] == h_start["insert_fail"]
 
@@ -259,6 +276,12 @@ def test_reference_parser_on_known_frames():
     inner = F.arp_request("198.18.0.1", "198.18.0.2", vlans=[(F.ETH_P_8021Q, 20)])
     assert classify(inner, skb_vlan=10).vlan == 10
     assert struct.calcsize("!HHBBH6s4s6s4s") == ARP_LEN
+    # The key's MAC is the ARP sha; the flag says the Ethernet source differs from it.
+    req = F.arp_request("198.18.0.1", "198.18.0.2", sha=F.mac("02:00:00:00:00:aa"))
+    assert (classify(req).mac, classify(req).flags) == ("02:00:00:00:00:aa", 0)
+    proxied = req[:6] + F.mac("02:00:00:00:00:bb") + req[12:]
+    assert (classify(proxied).mac, classify(proxied).flags) == ("02:00:00:00:00:aa", REF_MAC_MISMATCH)
+    assert REF_MAC_MISMATCH == KEY_F_MAC_MISMATCH == header_define("KEY_F_MAC_MISMATCH")
 
 
 def test_batch_read_always_reaches_the_end_of_the_map(dp, reader):

@@ -20,6 +20,9 @@ The rules, in order:
 8. op 1: `request`, keyed by the target IP, plus one (sender, target) pair.
 9. op 2: `reply`, keyed by the sender IP (the address that answered).
 Exactly one of malformed / other_op / probe / gratuitous / request / reply per ARP frame.
+10. Every counted frame's key carries the ARP sender hardware address (sha, bytes 8-13 of the ARP
+    header) as `mac`, and flag KEY_F_MAC_MISMATCH (1) when the Ethernet source (bytes 6-11 of the
+    frame) differs from it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ETH_HLEN = 14
 ETH_P_ARP, ETH_P_8021Q, ETH_P_8021AD = 0x0806, 0x8100, 0x88A8
 VLAN_MAX_DEPTH = 2
 ARP_LEN = 28
+KEY_F_MAC_MISMATCH = 1  # bpf/arp_sensor.h (tests/kernel/test_fuzz_bpf.py checks the two agree)
 
 # Per-target counter each kind bumps (target_val member), for the kinds that have a target.
 TARGET_FIELD = {"request": "requests", "reply": "replies", "gratuitous": "gratuitous", "probe": "probes"}
@@ -45,6 +49,15 @@ class Verdict:
     ip: str | None = None  # the target map key's IP (dotted quad)
     vlan: int = 0
     pair: tuple[str, str] | None = None  # (sender, target) for requests
+    mac: str | None = None  # the key's MAC (ARP sha), "aa:bb:cc:dd:ee:ff", when a target is counted
+    flags: int = 0  # the key's KEY_F_* bits
+
+    @property
+    def entry(self) -> tuple[str, str, int, str, str, int] | None:
+        """The map entry the frame is counted in: (ip, peer, vlan, kind, mac, flags)."""
+        if self.kind is None:
+            return None
+        return (self.ip, self.pair[0] if self.pair else "0.0.0.0", self.vlan, self.kind, self.mac, self.flags)
 
     @property
     def refused(self) -> bool:
@@ -94,10 +107,12 @@ def classify(frame: bytes, skb_vlan: int | None = None) -> Verdict:
     if op not in (1, 2):
         return Verdict(("arp", "other_op"), vlan=vlan)
     ntoa = socket.inet_ntoa
+    sha = arp[8:14]
+    key = {"mac": sha.hex(":"), "flags": KEY_F_MAC_MISMATCH if frame[6:12] != sha else 0}
     if op == 1 and spa == b"\0\0\0\0":
-        return Verdict(("arp", "probe"), "probe", ntoa(tpa), vlan)
+        return Verdict(("arp", "probe"), "probe", ntoa(tpa), vlan, **key)
     if spa == tpa:
-        return Verdict(("arp", "gratuitous"), "gratuitous", ntoa(spa), vlan)
+        return Verdict(("arp", "gratuitous"), "gratuitous", ntoa(spa), vlan, **key)
     if op == 1:
-        return Verdict(("arp", "request"), "request", ntoa(tpa), vlan, (ntoa(spa), ntoa(tpa)))
-    return Verdict(("arp", "reply"), "reply", ntoa(spa), vlan)
+        return Verdict(("arp", "request"), "request", ntoa(tpa), vlan, (ntoa(spa), ntoa(tpa)), **key)
+    return Verdict(("arp", "reply"), "reply", ntoa(spa), vlan, **key)
