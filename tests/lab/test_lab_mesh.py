@@ -101,7 +101,7 @@ def test_mesh_establishes_every_session(mesh: Lab) -> None:
         others = {birdconf.protocol_name(mesh.ip(o)) for o in mesh.nodes if o != row["node"]}
         assert set(row["sessions"]) == others
         assert row["established"] == row["expected"] == 5, row
-    # the BIRD in each node is Calico-shaped: the session to a higher IP is passive
+    # the BIRD in each node is Calico-shaped: passive towards the peers whose address string sorts after its own
     conf = (mesh.dir / "n3.conf").read_text()
     assert re.search(r"Mesh_198_18_0_4 from bgp_template \{[^}]*passive on", conf)
     assert not re.search(r"Mesh_198_18_0_2 from bgp_template \{[^}]*passive on", conf)
