@@ -26,6 +26,9 @@ class Peer:
     node_name: str | None = None  # Kubernetes node, when known
     socket: str | None = None  # the BIRD control socket the BGP state came from
     node_ready: bool | None = None  # Kubernetes Ready condition, when known
+    # Calico's string rule (sensor.peers.mesh) for a Mesh_ peer, judged with this node's own address:
+    # True = this node connects (and ARPs for the peer while it is dead), False = it waits; None = unknown
+    active: bool | None = None
 
     @property
     def is_bgp(self) -> bool:
@@ -48,6 +51,8 @@ def peer_fields(peer: Peer) -> dict[str, Any] | None:
     out["state"] = peer.bgp_state or "unknown"
     if peer.last_error:
         out["last_error"] = peer.last_error
+    if peer.active is not None:
+        out["active"] = peer.active
     return out
 
 
