@@ -87,6 +87,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
     peer_stage = PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname)
     peer_stage.install(runner)
     out.verdicts = peer_stage.engine.verdicts
+    out.flagged_peers = lambda: peer_stage.engine.flagged_peers(peer_stage.book)
     limiter = RateLimitStage(limit_cfg, peer_stage, opts.hostname, _log) if limit_cfg.enabled else None
     if limiter:
         limiter.install(runner)

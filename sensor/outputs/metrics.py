@@ -7,14 +7,23 @@ API (what the run command calls; small on purpose):
     m.observe_health(health)            # the `arp_sensor.health` counters dict of each interval
     m.observe_outputs(dispatcher.stats())
     m.set_verdicts({"zombie-peer": 1, "unanswered-target": 3})   # IPs per non-healthy verdict now
+    m.set_peers(engine.flagged_peers(book))   # BGP peers holding zombie-peer / bgp-down-reachable now
     m.observe_event(ev)                 # any event: health metrics and ratelimit drops are picked up
     m.close()
 
 Kernel counters in the health dict are per-interval deltas and are summed into Prometheus counters;
 `*_live`, `*_max`, `interfaces` are gauges; `entries_evicted` is already cumulative. Unknown keys
-are ignored, missing ones simply not exported. There are no per-IP labels (an attacker chooses target
-IPs; cardinality must stay bounded): labels are operation, reason, direction, verdict and output
-(one value per --output), all from small fixed sets.
+are ignored, missing ones simply not exported. Labels are operation, reason, direction, verdict and output
+(one value per --output), all from small fixed sets, plus per-peer series for the cluster roll-up (below).
+
+Per-IP labels exist only for configured BGP peers that hold a non-healthy verdict (zombie-peer,
+bgp-down-reachable) right now: an attacker chooses target IPs but not the BIRD configuration, so these are
+bounded by the cluster's size (and capped at PEER_SERIES_MAX); a healthy peer or target has no series.
+Two series per such peer, labels peer_ip, peer_name, k8s_node, verdict, active:
+  arp_sensor_peer_verdict_since_timestamp_seconds   when this sensor entered the verdict
+  arp_sensor_peer_own_arp_requests_per_second       ARP requests this node itself sent for the peer (egress)
+`active` is Calico's string rule seen from this node: "true" (it connects, so it is expected to ask),
+"false" (it waits), "unknown" (its own address is not known yet). deploy/prometheus/ rolls them up.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ _TOTALS: list[tuple[str, str, str]] = [
 _OUTPUT_COUNTERS = [("sent", "arp_sensor_output_sent", "Events delivered per output."),
                     ("dropped", "arp_sensor_output_dropped", "Events lost per output (queue full, oversized)."),
                     ("errors", "arp_sensor_output_errors", "Connect/send errors per output.")]
+PEER_SERIES_MAX = 1024  # per-peer series per sensor; also the cap of VerdictEngine.flagged_peers
+_PEER_LABELS = ["peer_ip", "peer_name", "k8s_node", "verdict", "active"]
 POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -73,6 +84,7 @@ class Metrics:
         self._totals: dict[str, float] = {}
         self._outputs: dict[str, dict[str, Any]] = {}
         self._verdicts: dict[str, int] = {}
+        self._peers: list[Any] = []
         self._ratelimit_dropped = 0
         self._health_events = 0
         self._server: Any = None
@@ -106,6 +118,11 @@ class Metrics:
     def set_verdicts(self, counts: dict[str, int]) -> None:
         with self._lock:
             self._verdicts = {str(k): int(v) for k, v in counts.items()}
+
+    def set_peers(self, flagged: list[Any]) -> None:
+        """The flagged BGP peers now (sensor.detect.FlaggedPeer); replaces the previous set."""
+        with self._lock:
+            self._peers = list(flagged[:PEER_SERIES_MAX])
 
     def observe_event(self, ev: dict[str, Any]) -> None:
         """Convenience for an emit hook: health metrics and `ratelimit-dropping` drops."""
@@ -150,6 +167,19 @@ class Metrics:
             for verdict, n in sorted(self._verdicts.items()):
                 v.add_metric([verdict], n)
             yield v
+            since = GaugeMetricFamily("arp_sensor_peer_verdict_since_timestamp_seconds",
+                                      "When this sensor entered the verdict, per BGP peer holding zombie-peer or "
+                                      "bgp-down-reachable (no series for healthy peers).", labels=_PEER_LABELS)
+            own = GaugeMetricFamily("arp_sensor_peer_own_arp_requests_per_second",
+                                    "ARP requests this node itself sent for the flagged BGP peer, per second "
+                                    "over the verdict window.", labels=_PEER_LABELS)
+            for f in self._peers:
+                active = "unknown" if f.active is None else ("true" if f.active else "false")
+                labels = [f.ip, f.name or "", f.node_name or "", f.verdict, active]
+                since.add_metric(labels, f.since)
+                own.add_metric(labels, f.own_requests_per_s)
+            yield since
+            yield own
             q = GaugeMetricFamily("arp_sensor_output_queued", "Events waiting per output.", labels=["output"])
             c = GaugeMetricFamily("arp_sensor_output_connected", "1 when the output is connected/open.",
                                   labels=["output"])

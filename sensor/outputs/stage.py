@@ -41,6 +41,8 @@ class OutputStage:
         self.metrics_port: int | None = None
         # Set by the run command when verdicts exist: () -> {ip: verdict} for the non-healthy ones.
         self.verdicts: Callable[[], dict[str, str]] | None = None
+        # Set likewise: () -> the flagged BGP peers (sensor.detect.FlaggedPeer) for the per-peer metrics.
+        self.flagged_peers: Callable[[], list[Any]] | None = None
 
     @classmethod
     def from_options(cls, *, output: tuple[str, ...] | list[str], tag: str, metrics_port: int | None,
@@ -65,6 +67,8 @@ class OutputStage:
                 self.metrics.observe_outputs(self.dispatcher.stats())
                 if self.verdicts is not None:
                     self.metrics.set_verdicts(dict(Counter(self.verdicts().values())))
+                if self.flagged_peers is not None:
+                    self.metrics.set_peers(self.flagged_peers())
         if self.metrics is not None:
             self.metrics.observe_event(ev)
         self.dispatcher.emit(ev)
