@@ -28,6 +28,7 @@ Two series per such peer, labels peer_ip, peer_name, k8s_node, verdict, active:
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -68,6 +69,8 @@ _TOTALS: list[tuple[str, str, str]] = [
 _OUTPUT_COUNTERS = [("sent", "arp_sensor_output_sent", "Events delivered per output."),
                     ("dropped", "arp_sensor_output_dropped", "Events lost per output (queue full, oversized)."),
                     ("errors", "arp_sensor_output_errors", "Connect/send errors per output.")]
+_ACTION_RE = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
+_MAX_ACTIONS = 64
 PEER_SERIES_MAX = 1024  # per-peer series per sensor; also the cap of VerdictEngine.flagged_peers
 _PEER_LABELS = ["peer_ip", "peer_name", "k8s_node", "verdict", "active"]
 POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -86,6 +89,7 @@ class Metrics:
         self._verdicts: dict[str, int] = {}
         self._peers: list[Any] = []
         self._ratelimit_dropped = 0
+        self._warnings: dict[str, int] = {}
         self._health_events = 0
         self._server: Any = None
         self.poll_duration = Histogram("arp_sensor_poll_duration_seconds",
@@ -129,6 +133,14 @@ class Metrics:
         event = ev.get("event", {})
         if event.get("dataset") == "arp_sensor.health" and event.get("kind") == "metric":
             self.observe_health(ev.get("arp_sensor", {}).get("health", {}))
+        elif event.get("dataset") == "arp_sensor.health" and event.get("kind") == "event":
+            action = event.get("action")
+            # actions are the sensor's own kebab-case names (a small fixed set); anything else is "other"
+            key = action if isinstance(action, str) and _ACTION_RE.match(action) else "other"
+            with self._lock:
+                if key not in self._warnings and len(self._warnings) >= _MAX_ACTIONS:
+                    key = "other"
+                self._warnings[key] = self._warnings.get(key, 0) + 1
         elif event.get("dataset") == "arp_sensor.ratelimit" and event.get("action") == "ratelimit-dropping":
             dropped = ev.get("arp", {}).get("dropped")
             if _num(dropped):
@@ -160,6 +172,11 @@ class Metrics:
                     yield CounterMetricFamily(name, h, value=self._totals[name])
             yield CounterMetricFamily("arp_sensor_health_intervals", "Intervals observed.",
                                       value=self._health_events)
+            w = CounterMetricFamily("arp_sensor_warnings", "Warning events by event.action (program-detached, "
+                                    "interface-gone, peer-source-unavailable...).", labels=["action"])
+            for action, n in sorted(self._warnings.items()):
+                w.add_metric([action], n)
+            yield w
             yield CounterMetricFamily("arp_sensor_ratelimit_dropped",
                                       "ARP requests the kernel rate limit dropped.", value=self._ratelimit_dropped)
             v = GaugeMetricFamily("arp_sensor_verdicts", "IPs currently holding each non-healthy verdict.",

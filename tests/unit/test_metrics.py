@@ -138,3 +138,15 @@ def test_per_peer_series_only_for_flagged_bgp_peers(metrics):
     got = scrape(port)
     assert {dict(k[1])["peer_ip"] for k in got if k[0] == "arp_sensor_peer_own_arp_requests_per_second"} == {
         "198.18.0.8"}
+
+
+def test_warning_events_counted_by_action(metrics):
+    from sensor.events import warning_event
+
+    port = metrics.serve("127.0.0.1", 0)
+    for action in ("program-detached", "program-detached", "interface-gone", "Not A Name!"):
+        metrics.observe_event(warning_event(action, "m", 1.8e9, "h"))
+    got = scrape(port)
+    assert got[("arp_sensor_warnings_total", (("action", "program-detached"),))] == 2
+    assert got[("arp_sensor_warnings_total", (("action", "interface-gone"),))] == 1
+    assert got[("arp_sensor_warnings_total", (("action", "other"),))] == 1
