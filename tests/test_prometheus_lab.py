@@ -156,6 +156,12 @@ def test_two_dead_nodes_two_alerts_then_resolved(lab_factory) -> None:  # type: 
                 live_after = [n for n in lab.nodes if n not in DEAD and lab.ip(n) > ip]
                 assert int(ann["expected_askers"]) <= len(live_after), (ann, live_after)
             assert int(prom.value('count(ALERTS{alertname="ArpSensorZombiePeer", alertstate="firing"})') or 0) == 2
+            # each sensor says whether its node is the active side towards the dead peer: Calico's string rule
+            by_ip = {lab.ip(n): lab.ip(n) for n in lab.nodes}
+            for r in prom.query("arp_sensor_peer_verdict_since_timestamp_seconds"):
+                m = r["metric"]
+                me = by_ip[m["instance"].rsplit(":", 1)[0]]
+                assert m["active"] == str(me > m["peer_ip"]).lower(), m
             print("alerts:", json.dumps([{**a["labels"], **a["annotations"]} for a in alerts]))
 
             # every panel of the dashboard answers, with data, while the storm is on
