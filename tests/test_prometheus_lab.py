@@ -6,20 +6,17 @@ see it, and every Grafana panel query returns data; after revival both alerts re
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
-from pyroute2 import netns
 
 from sensor.lab.live import LiveSensor
+from sensor.lab.prom import LabPrometheus
 from tests.fixtures_lab import lab_unavailable
 
 pytestmark = [
@@ -37,65 +34,6 @@ PORT = 9464  # the sensor's metrics port on each node's address
 PROM_NODE = "n1"  # Prometheus lives here; never powered off
 DEAD = ("n2", "n5")
 W = 6.0  # --verdict-window
-
-
-class Prometheus:
-    """A real Prometheus server on 127.0.0.1:9090 inside a lab node's namespace, queried over its HTTP API
-    through a socket opened in that namespace."""
-
-    def __init__(self, lab, node: str, targets: list[str], workdir: Path) -> None:
-        self.ns = lab.netns(node)
-        cfg = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "rule_files": [str(PROM / "arp-sensor.rules.yml")],
-            "scrape_configs": [{"job_name": "arp-sensor", "static_configs": [{"targets": targets}]}],
-        }
-        (workdir / "prometheus.yml").write_text(json.dumps(cfg))  # JSON is YAML
-        self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            lab.exec_argv(node, ["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={workdir / 'data'}", "--web.listen-address=127.0.0.1:9090"]),
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.workdir = workdir
-
-    def get(self, path: str, **params: str) -> dict:
-        netns.pushns()
-        try:
-            netns.setns(self.ns, flags=0)
-            conn = http.client.HTTPConnection("127.0.0.1", 9090, timeout=5)
-            conn.connect()  # the socket stays in the namespace it was made in
-        finally:
-            netns.popns()
-        try:
-            conn.request("GET", path + ("?" + urllib.parse.urlencode(params) if params else ""))
-            resp = conn.getresponse()
-            body = json.loads(resp.read())
-        finally:
-            conn.close()
-        assert body.get("status") == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict]:
-        return self.get("/api/v1/query", query=expr)["result"]
-
-    def value(self, expr: str) -> float | None:
-        r = self.query(expr)
-        return float(r[0]["value"][1]) if r else None
-
-    def zombie_alerts(self) -> list[dict]:
-        return [a for a in self.get("/api/v1/alerts")["alerts"]
-                if a["labels"]["alertname"] == "ArpSensorZombiePeer" and a["state"] == "firing"]
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return (self.workdir / "prometheus.log").read_text()[-2000:]
 
 
 def wait_for(pred, timeout: float, step: float = 0.5):  # type: ignore[no-untyped-def]
@@ -127,9 +65,9 @@ def test_two_dead_nodes_two_alerts_then_resolved(lab_factory) -> None:  # type: 
                              or any(s.proc.poll() is not None for s in sensors.values()), 240)
             dead_early = {n: s.stop() for n, s in sensors.items() if s.proc.poll() is not None}
             assert ready and not dead_early, dead_early
-            prom = Prometheus(lab, PROM_NODE, [f"{lab.ip(n)}:{PORT}" for n in lab.nodes], work)
+            prom = LabPrometheus(lab, PROM_NODE, [f"{lab.ip(n)}:{PORT}" for n in lab.nodes], work)
             assert wait_for(lambda: prom.value('sum(up{job="arp-sensor"})') == 8, 60), prom.stop()
-            assert prom.zombie_alerts() == []  # a healthy mesh alerts on nothing
+            assert prom.alerts() == []  # a healthy mesh alerts on nothing
 
             dead_ips = {lab.ip(n) for n in DEAD}
             for n in DEAD:
@@ -142,7 +80,7 @@ def test_two_dead_nodes_two_alerts_then_resolved(lab_factory) -> None:  # type: 
                 return set(obs) == dead_ips and min(obs.values()) >= 3
 
             assert wait_for(both_seen_by_many, 2 * 6 + 4 * W + 60), prom.query("arp_sensor:zombie_peer_observers:count")
-            alerts = prom.zombie_alerts()
+            alerts = prom.alerts()
             per_observer = prom.value('count(arp_sensor_peer_verdict_since_timestamp_seconds{verdict="zombie-peer"})')
             assert per_observer is not None and per_observer >= 6  # many sensors, ...
             assert sorted(a["labels"]["peer_ip"] for a in alerts) == sorted(dead_ips), alerts  # ... two alerts
@@ -174,8 +112,8 @@ def test_two_dead_nodes_two_alerts_then_resolved(lab_factory) -> None:  # type: 
             for n in DEAD:
                 lab.revive(n)
             lab.wait_established(60)
-            assert wait_for(lambda: prom.zombie_alerts() == [] and not prom.query(
-                "arp_sensor:zombie_peer_observers:count"), 60), prom.zombie_alerts()
+            assert wait_for(lambda: prom.alerts() == [] and not prom.query(
+                "arp_sensor:zombie_peer_observers:count"), 60), prom.alerts()
         finally:
             log = prom.stop() if prom is not None else ""
             errors = {n: s.stop()[-500:] for n, s in sensors.items()}
