@@ -165,11 +165,14 @@ def run_one(nodes: int, dead_share: float = 0.2, window: float = 6.0, steady_s: 
         log(f"incident: {nodes} nodes Established in {res['established_s']:.0f} s; sensors on {len(watched)}")
         if True:  # the work directory is removed in `finally`, after everything in it stopped
             sensors = start_sensors(lab, watched, work, window, [])
-            prom = LabPrometheus(lab, f"n{watched[0]}", [f"{lab.ip(i)}:{METRICS_PORT}" for i in watched], work)
+            # Prometheus scrapes the sensors that survive: one that kept scraping a dead node would ARP for it
+            # too (as a real one does), and that is not the mesh's storm
+            targets = [f"{lab.ip(i)}:{METRICS_PORT}" for i in watched if i not in victims]
+            prom = LabPrometheus(lab, f"n{watched[0]}", targets, work)
             end = time.monotonic() + 120
             while True:
                 try:
-                    if prom.value('sum(up{job="arp-sensor"})') == len(watched):
+                    if prom.value('sum(up{job="arp-sensor"})') == len(targets):
                         break
                 except OSError:
                     pass  # not listening yet

@@ -61,6 +61,7 @@ _GAUGES: list[tuple[str, str, str]] = [
     ("entries_max", "arp_sensor_map_max_entries", "Capacity of the kernel LRU map."),
     ("targets_live", "arp_sensor_targets", "Distinct target IPs in the kernel map."),
     ("interfaces", "arp_sensor_interfaces", "Interfaces being watched."),
+    ("hooks_attached", "arp_sensor_hooks_attached", "Hooks (XDP, tc) still holding this sensor's programs."),
 ]
 # health key -> counter that is already cumulative
 _TOTALS: list[tuple[str, str, str]] = [
