@@ -125,7 +125,7 @@ class Metrics:
             self._verdicts = {str(k): int(v) for k, v in counts.items()}
 
     def set_peers(self, flagged: list[Any]) -> None:
-        """The flagged BGP peers now (sensor.detect.FlaggedPeer); replaces the previous set."""
+        """The flagged BGP peers now (sensor.pipeline.detect.FlaggedPeer); replaces the previous set."""
         with self._lock:
             self._peers = list(flagged[:PEER_SERIES_MAX])
 

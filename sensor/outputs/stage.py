@@ -41,7 +41,7 @@ class OutputStage:
         self.metrics_port: int | None = None
         # Set by the run command when verdicts exist: () -> {ip: verdict} for the non-healthy ones.
         self.verdicts: Callable[[], dict[str, str]] | None = None
-        # Set likewise: () -> the flagged BGP peers (sensor.detect.FlaggedPeer) for the per-peer metrics.
+        # Set likewise: () -> the flagged BGP peers (sensor.pipeline.detect.FlaggedPeer) for the per-peer metrics.
         self.flagged_peers: Callable[[], list[Any]] | None = None
 
     @classmethod

@@ -104,8 +104,8 @@ def test_per_peer_series_only_for_flagged_bgp_peers(metrics):
     healthy peers or unanswered targets (IPs the wire chooses), gone once the verdict clears."""
     from dataclasses import replace
 
-    from sensor.detect import VerdictEngine
-    from tests.test_detect import Book, mesh_peer, run, storm, win
+    from sensor.pipeline.detect import VerdictEngine
+    from tests.unit.test_detect import Book, mesh_peer, run, storm, win
 
     port = metrics.serve("127.0.0.1", 0)
     zombie = replace(mesh_peer(), active=True)
@@ -141,7 +141,7 @@ def test_per_peer_series_only_for_flagged_bgp_peers(metrics):
 
 
 def test_warning_events_counted_by_action(metrics):
-    from sensor.events import warning_event
+    from sensor.events.encode import warning_event
 
     port = metrics.serve("127.0.0.1", 0)
     for action in ("program-detached", "program-detached", "interface-gone", "Not A Name!"):

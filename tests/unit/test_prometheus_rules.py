@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor.detect import FlaggedPeer
-from sensor.events import health_event, warning_event
-from sensor.metrics import Metrics
+from sensor.events.encode import health_event, warning_event
+from sensor.outputs.metrics import Metrics
+from sensor.pipeline.detect import FlaggedPeer
 
-PROM = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+PROM = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROM / "arp-sensor.rules.yml"
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="promtool not installed (scripts/install-system.sh installs prometheus)")

@@ -17,15 +17,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.fixtures_lab import lab_unavailable
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.lab,
-    pytest.mark.slow,
-    pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable())),
-    pytest.mark.timeout(600),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 HOLD = 6
 DEAD = ("n3", "n10")

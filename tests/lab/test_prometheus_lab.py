@@ -17,18 +17,14 @@ import pytest
 
 from sensor.lab.live import LiveSensor
 from sensor.lab.prom import LabPrometheus
-from tests.fixtures_lab import lab_unavailable
 
 pytestmark = [
-    pytest.mark.root,
-    pytest.mark.lab,
     pytest.mark.slow,
-    pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable())),
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (install-system.sh)"),
     pytest.mark.timeout(600),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 PORT = 9464  # the sensor's metrics port on each node's address
 PROM_NODE = "n1"  # Prometheus lives here; never powered off
