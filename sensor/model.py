@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 Log = Callable[[str], None]  # one line about the sensor itself (stderr, or top's caption)
 
@@ -71,6 +71,9 @@ class Peer:
     node_name: str | None = None  # Kubernetes node, when known
     socket: str | None = None  # the BIRD control socket the BGP state came from
     node_ready: bool | None = None  # Kubernetes Ready condition, when known
+    # Calico's string rule (sensor.peers.mesh) for a Mesh_ peer, judged with this node's own address:
+    # True = this node connects (and ARPs for the peer while it is dead), False = it waits; None = unknown
+    active: bool | None = None
 
     @property
     def is_bgp(self) -> bool:
@@ -96,6 +99,8 @@ class VerdictView(Protocol):
     def verdicts(self) -> dict[str, str]: ...  # ip -> verdict, for the IPs that are not healthy
 
     def alive(self, ip: str) -> bool: ...  # proof of life (replies, gratuitous, own requests) in the window
+
+    def flagged_peers(self, book: PeerLookup) -> list[Any]: ...  # detect.FlaggedPeer: per-peer metrics
 
 
 class LimitFds(NamedTuple):

@@ -11,7 +11,8 @@ whose command line names the state directory removes everything, even after a cr
 `kill` powers a node off like real hardware: the link drops first (no FIN or RST reaches the peers), then
 every process in the node dies. The node stays configured on every other node, whose BIRD notices only
 when its hold timer expires and then keeps reconnecting, broadcasting ARP for the dead address. Only the
-peers with a *higher* IP reconnect (Calico's unidirectional mesh), so the highest node's death is silent.
+peers whose address *string* sorts after the dead node's reconnect (Calico's unidirectional mesh,
+sensor.peers.mesh), so the death of the node with the greatest string is silent.
 """
 
 from __future__ import annotations
@@ -501,10 +502,14 @@ class Lab:
                     row["error"] = str(e)
                     protos = {}
                 row["sessions"] = {name: {"state": p.state, "info": p.info} for name, p in protos.items()}
-                row["established"] = sum(p.established for p in protos.values())
-                row["expected"] = (
-                    sum(1 for o in self._nodes if o.name != n.name and o.name in live) if n.name in live else 0
-                )
+                # Counted over the same peers: sessions to live nodes that are Established, out of the live
+                # nodes. A session to a powered-off node stays Established until the hold timer fires: it
+                # is `stale`, not one more than expected.
+                peers = {birdconf.protocol_name(o.ip): o for o in self._nodes if o.name != n.name}
+                est = {name for name, p in protos.items() if p.established and name in peers}
+                row["established"] = sum(1 for name in est if peers[name].name in live)
+                row["expected"] = sum(1 for o in peers.values() if o.name in live) if n.name in live else 0
+                row["stale"] = sum(1 for name in est if peers[name].name not in live)
             out.append(row)
         return {
             "name": self.name,

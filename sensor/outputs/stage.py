@@ -66,6 +66,8 @@ class OutputStage:
                 self.metrics.observe_outputs(self.dispatcher.stats())
                 if self.ctx is not None and self.ctx.verdicts is not None:
                     self.metrics.set_verdicts(dict(Counter(self.ctx.verdicts.verdicts().values())))
+                    if self.ctx.peers is not None:
+                        self.metrics.set_peers(self.ctx.verdicts.flagged_peers(self.ctx.peers))
         if self.metrics is not None:
             self.metrics.observe_event(ev)
         self.dispatcher.emit(ev)

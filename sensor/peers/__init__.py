@@ -22,6 +22,8 @@ def peer_fields(peer: Peer) -> dict[str, Any] | None:
     out["state"] = peer.bgp_state or "unknown"
     if peer.last_error:
         out["last_error"] = peer.last_error
+    if peer.active is not None:
+        out["active"] = peer.active
     return out
 
 

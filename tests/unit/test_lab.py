@@ -22,9 +22,24 @@ from tests.support.fixtures_lab import ROOT, cli, leftovers, unique_lab_name
 
 def test_protocol_names_and_passive_rule_follow_calico() -> None:
     assert birdconf.protocol_name("10.0.0.7") == "Mesh_10_0_0_7"
-    # the higher IP of each pair connects, the lower waits: exactly one side of every pair is passive
-    assert birdconf.is_passive("198.18.0.2", "198.18.0.10")
-    assert not birdconf.is_passive("198.18.0.10", "198.18.0.2")
+    # Calico compares the address STRINGS: the greater string of each pair connects, the other waits
+    assert birdconf.is_passive("198.18.0.2", "198.18.0.3")
+    assert birdconf.is_passive("198.18.0.10", "198.18.0.2")  # "198.18.0.2" sorts after "198.18.0.10"
+    assert not birdconf.is_passive("198.18.0.2", "198.18.0.10")
+    assert birdconf.connects("198.18.0.9", "198.18.0.10") and not birdconf.connects("198.18.0.10", "198.18.0.9")
+    # Calico's own cases (confd's TestPassiveCommentLogic): node 10.0.0.10 is passive towards 10.0.0.5
+    assert birdconf.is_passive("10.0.0.10", "10.0.0.5") and not birdconf.is_passive("10.0.0.5", "10.0.0.10")
+    ips = [f"198.18.0.{i}" for i in range(1, 13)]
+    for a in ips:  # exactly one side of every pair is passive
+        for b in ips:
+            if a != b:
+                assert birdconf.is_passive(a, b) != birdconf.is_passive(b, a)
+    conf = birdconf.render("198.18.0.9", ips)
+    passive = set(re.findall(r"neighbor (\S+) as \d+;\n  passive on", conf))
+    assert passive == {ip for ip in ips if ip > "198.18.0.9"} == set()  # .9 is the greatest string
+    conf = birdconf.render("198.18.0.10", ips)
+    assert set(re.findall(r"neighbor (\S+) as \d+;\n  passive on", conf)) == {
+        f"198.18.0.{i}" for i in (2, 3, 4, 5, 6, 7, 8, 9, 11, 12)}  # all but .1
     conf = birdconf.render("198.18.0.2", ["198.18.0.1", "198.18.0.2", "198.18.0.3"], hold_time=7)
     blocks = dict(re.findall(r"protocol bgp (Mesh_\S+) from bgp_template \{(.*?)\n\}", conf, re.S))
     assert set(blocks) == {"Mesh_198_18_0_1", "Mesh_198_18_0_3"}  # never itself

@@ -36,7 +36,7 @@ def test_install_annotate_and_interval_hook(tmp_path):
         st.install(runner)
         assert runner.emitted == [] and runner.target_annotators == [st.annotate]
         assert st.annotate("198.18.0.7") == {"name": "Mesh_198_18_0_7", "state": "Connect",
-                                             "last_error": "Socket: No route to host"}
+                                             "last_error": "Socket: No route to host", "active": False}
         assert st.annotate("198.18.0.99") is None
         w = TargetWindow(WindowKey(2, "ingress", 0, "198.18.0.7"), "eth0", 1.0, requests=3, senders=1,
                          top_senders=[("198.18.0.1", 3)])
