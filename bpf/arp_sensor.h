@@ -33,6 +33,28 @@ struct arp_key {
 	__u8 kind;  /* ARP_KIND_* */
 };
 
+/* IPv6 neighbour discovery (RFC 4861): what an nd_counts entry counts. */
+#define ND_KIND_NS 0             /* solicitations for ip (the target in the message body), asked by peer */
+#define ND_KIND_NS_DAD 1         /* duplicate address detection: NS from :: for ip (peer = 0) */
+#define ND_KIND_NA_SOLICITED 2   /* advertisements with the S flag, sent for ip (peer = 0) */
+#define ND_KIND_NA_UNSOLICITED 3 /* advertisements without it (announcements; peer = 0) */
+
+#define KEY_F_MAC_MISMATCH 1 /* the frame's link-layer address (ND option) differs from the Ethernet source */
+
+/* The ND twin of arp_key, in its own map (nd_counts) so the ARP key stays compact. Addresses are the
+ * 16 wire bytes. 48 bytes, no holes. */
+struct nd_key {
+	__u32 ifindex;
+	__u16 vlan;    /* outermost VLAN id, 0 = untagged */
+	__u8 dir;      /* ARP_SENSOR_DIR_* */
+	__u8 kind;     /* ND_KIND_* */
+	__u8 mac[6];   /* source (NS) / target (NA) link-layer address option if first, else Ethernet source */
+	__u8 flags;    /* KEY_F_* */
+	__u8 pad;      /* always 0 (keys are hashed bytewise) */
+	__u8 ip[16];   /* NS/DAD: the target from the message body (NOT the IPv6 destination); NA: the target */
+	__u8 peer[16]; /* NS: the IPv6 source (who asked); 0 for DAD and NA */
+};
+
 /* Per-CPU, cumulative. first_seen_ns is written once, on the CPU that created the entry: when user
  * space sees it change, the LRU evicted the entry and it was re-created, so the count restarted. */
 struct arp_val {
@@ -58,6 +80,15 @@ struct health_counters {
 	__u64 insert_fail;        /* map update failed: classified and counted here, not per entry */
 	__u64 ratelimit_dropped;   /* ARP requests dropped by a rate limit (enforce entries) */
 	__u64 ratelimit_would_drop; /* ARP requests a dry-run limit let through but enforce would drop */
+	__u64 nd;                 /* ICMPv6 type 135/136 right after the IPv6 header (after at most two tags) */
+	__u64 nd_solicit;
+	__u64 nd_dad;
+	__u64 nd_advert_solicited;
+	__u64 nd_advert_unsolicited;
+	__u64 nd_malformed;       /* ND but cut inside its 24 bytes, IPv6 version != 6, code != 0 or hop limit != 255 */
+	__u64 nd_ext_hdr;         /* IPv6 whose next header is an extension header: not walked, never counted as ND */
+	__u64 nd_inserts;         /* new nd_counts entries */
+	__u64 nd_insert_fail;
 };
 
 /* Rate limits (docs/ratelimit.md). User space (sensor/kernel/limitmap.py) owns the entries; the kernel only

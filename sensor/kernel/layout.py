@@ -20,6 +20,10 @@ ARP_KEY = struct.Struct("<I4s4sHBB")
 # struct arp_val {u64 count, first_seen_ns;}
 ARP_VAL = struct.Struct("<2Q")
 KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE = 0, 1, 2, 3
+# struct nd_key {u32 ifindex; u16 vlan; u8 dir; u8 kind; u8 mac[6]; u8 flags; u8 pad; u8 ip[16]; u8 peer[16];}
+ND_KEY = struct.Struct("<IHBB6sBx16s16s")
+ND_KIND_NS, ND_KIND_NS_DAD, ND_KIND_NA_SOLICITED, ND_KIND_NA_UNSOLICITED = 0, 1, 2, 3
+KEY_F_MAC_MISMATCH = 1
 DEFAULT_MAX_ENTRIES = 32768
 
 # struct limit_key {u32 ifindex; be32 ip; u8 dir; u8 pad[3];}

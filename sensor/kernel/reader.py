@@ -17,6 +17,7 @@ from sensor.kernel.layout import (
     KIND_PROBE,
     KIND_REPLY,
     KIND_REQUEST,
+    ND_KEY,
     health_names,
     health_struct,
 )
@@ -176,3 +177,26 @@ class MapReader:
         # per-target sums never run ahead of the health totals.
         health = self.read_health()
         return Snapshot(time.monotonic(), None, health, table=self.read_table())
+
+
+# (ifindex, ip, peer, vlan, dir, kind, mac, flags) -> (count, first_seen_ns), summed over CPUs; ip/peer in
+# RFC 5952 text ("::" for no peer), mac as 6 bytes.
+NdEntryKey = tuple[int, str, str, int, int, int, bytes, int]
+
+
+def read_nd_entries(map_fd: int, max_entries: int) -> dict[NdEntryKey, tuple[int, int]]:
+    """The nd_counts map as plain Python (one batch read)."""
+    keys, vals, n = bpfsys.map_lookup_batch(map_fd, ND_KEY.size, ARP_VAL.size, max_entries, percpu=True)
+    slot = bpfsys.percpu_value_size(ARP_VAL.size)
+    ncpu = len(vals) // (slot * n) if n else 0
+    ntop = socket.inet_ntop
+    out: dict[NdEntryKey, tuple[int, int]] = {}
+    for i in range(n):
+        ifindex, vlan, d, kind, mac, flags, ip, peer = ND_KEY.unpack_from(keys, i * ND_KEY.size)
+        count = first = 0
+        for c in range(ncpu):
+            cnt, fs = ARP_VAL.unpack_from(vals, (i * ncpu + c) * slot)
+            count, first = count + cnt, max(first, fs)
+        out[(ifindex, ntop(socket.AF_INET6, ip), ntop(socket.AF_INET6, peer), vlan, d, kind, mac, flags)] = (
+            count, first)
+    return out
