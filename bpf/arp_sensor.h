@@ -33,11 +33,13 @@ struct arp_key {
 	__u8 kind;  /* ARP_KIND_* */
 };
 
-/* IPv6 neighbour discovery (RFC 4861): what an nd_counts entry counts. */
-#define ND_KIND_NS 0             /* solicitations for ip (the target in the message body), asked by peer */
-#define ND_KIND_NS_DAD 1         /* duplicate address detection: NS from :: for ip (peer = 0) */
-#define ND_KIND_NA_SOLICITED 2   /* advertisements with the S flag, sent for ip (peer = 0) */
-#define ND_KIND_NA_UNSOLICITED 3 /* advertisements without it (announcements; peer = 0) */
+/* IPv6 neighbour discovery (RFC 4861): what an nd_counts entry counts. The kinds share the ARP kinds'
+ * numbers on purpose, so user space sums both families with one code path: NS ~ request, NA solicited
+ * ~ reply, NA unsolicited ~ gratuitous, DAD ~ probe. */
+#define ND_KIND_NS ARP_KIND_REQUEST             /* solicitations for ip (the target in the body), asked by peer */
+#define ND_KIND_NA_SOLICITED ARP_KIND_REPLY     /* advertisements with the S flag, sent for ip (peer = 0) */
+#define ND_KIND_NA_UNSOLICITED ARP_KIND_GRATUITOUS /* advertisements without it (announcements; peer = 0) */
+#define ND_KIND_NS_DAD ARP_KIND_PROBE           /* duplicate address detection: NS from :: for ip (peer = 0) */
 
 #define KEY_F_MAC_MISMATCH 1 /* the frame's link-layer address (ND option) differs from the Ethernet source */
 

@@ -22,7 +22,9 @@ ARP_VAL = struct.Struct("<2Q")
 KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE = 0, 1, 2, 3
 # struct nd_key {u32 ifindex; u16 vlan; u8 dir; u8 kind; u8 mac[6]; u8 flags; u8 pad; u8 ip[16]; u8 peer[16];}
 ND_KEY = struct.Struct("<IHBB6sBx16s16s")
-ND_KIND_NS, ND_KIND_NS_DAD, ND_KIND_NA_SOLICITED, ND_KIND_NA_UNSOLICITED = 0, 1, 2, 3
+# The ND kinds share the ARP kinds' numbers: NS ~ request, NA solicited ~ reply, NA unsolicited ~ gratuitous,
+# DAD ~ probe.
+ND_KIND_NS, ND_KIND_NA_SOLICITED, ND_KIND_NA_UNSOLICITED, ND_KIND_NS_DAD = 0, 1, 2, 3
 KEY_F_MAC_MISMATCH = 1
 DEFAULT_MAX_ENTRIES = 32768
 

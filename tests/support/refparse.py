@@ -66,7 +66,7 @@ IPV6_EXT_HEADERS = frozenset({0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254})
 TARGET_FIELD = {"request": "requests", "reply": "replies", "gratuitous": "gratuitous", "probe": "probes",
                 "ns": "solicitations", "ns_dad": "dad", "na_solicited": "advertisements_solicited",
                 "na_unsolicited": "advertisements_unsolicited"}
-ND_KINDS = ("ns", "ns_dad", "na_solicited", "na_unsolicited")  # ND_KIND_* in bpf/arp_sensor.h, in order
+ND_KINDS = ("ns", "na_solicited", "na_unsolicited", "ns_dad")  # ND_KIND_* in bpf/arp_sensor.h, in order
 
 
 @dataclass(frozen=True)
