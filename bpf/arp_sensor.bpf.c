@@ -184,22 +184,21 @@ static __always_inline __u16 parse_vlans(struct hdr_cursor *nh, void *data_end, 
 	return h_proto;
 }
 
-/* Token bucket for a request to k->ip; returns 1 to drop. See struct limit_val for the arithmetic
- * and the locking choice. Everything before the hash lookup is one array read: hosts without limits
- * (the default) pay only that, and only for ARP requests. */
-static __always_inline int limit_request(struct arp_key *k, struct health_counters *h)
+/* Whether any limit exists: one array read, all that hosts without limits (the default) pay, and only
+ * for ARP requests and neighbour solicitations. */
+static __always_inline int limits_on(void)
 {
 	__u32 zero = 0;
 	struct limits_active *active = limits_active.lookup(&zero);
 
-	if (!active || active->count == 0)
-		return 0;
-	struct limit_key lk = {};
+	return active && active->count != 0;
+}
 
-	lk.ifindex = k->ifindex;
-	lk.ip = k->ip;
-	lk.dir = k->dir;
-	struct limit_val *l = limits.lookup(&lk);
+/* Token bucket of the entry for lk, if any; returns 1 to drop. See struct limit_val for the arithmetic
+ * and the locking choice. */
+static __always_inline int limit_take(struct limit_key *lk, struct health_counters *h)
+{
+	struct limit_val *l = limits.lookup(lk);
 
 	if (!l)
 		return 0;
@@ -237,6 +236,34 @@ static __always_inline int limit_request(struct arp_key *k, struct health_counte
 	else if (dry)
 		h->ratelimit_would_drop += 1;
 	return drop;
+}
+
+/* An ARP request to k->ip; returns 1 to drop. */
+static __always_inline int limit_request(struct arp_key *k, struct health_counters *h)
+{
+	if (!limits_on())
+		return 0;
+	struct limit_key lk = {};
+
+	lk.ifindex = k->ifindex;
+	lk.dir = k->dir;
+	lk.family = LIMIT_FAMILY_IPV4;
+	__builtin_memcpy(lk.ip, &k->ip, 4);
+	return limit_take(&lk, h);
+}
+
+/* A neighbour solicitation (never DAD) for k->ip; returns 1 to drop. */
+static __always_inline int limit_solicit(struct nd_key *k, struct health_counters *h)
+{
+	if (!limits_on())
+		return 0;
+	struct limit_key lk = {};
+
+	lk.ifindex = k->ifindex;
+	lk.dir = k->dir;
+	lk.family = LIMIT_FAMILY_IPV6;
+	__builtin_memcpy(lk.ip, k->ip, 16);
+	return limit_take(&lk, h);
 }
 
 /* Counts the frame; returns 1 when a rate limit says drop it (ARP requests only). */
@@ -396,6 +423,11 @@ static __always_inline int handle_nd(struct hdr_cursor *nh, void *data_end, stru
 		k.kind = ND_KIND_NA_UNSOLICITED;
 	}
 	count_nd(&k, h);
+	/* Counted first, as for ARP requests. */
+#ifndef ARP_SENSOR_NO_LIMITS
+	if (k.kind == ND_KIND_NS)
+		return limit_solicit(&k, h);
+#endif
 	return 0;
 }
 
@@ -496,8 +528,9 @@ int arpsensor_limctl(struct xdp_md *ctx)
 	struct limit_key k = {};
 
 	k.ifindex = c->key.ifindex;
-	k.ip = c->key.ip;
 	k.dir = c->key.dir;
+	k.family = c->key.family;
+	__builtin_memcpy(k.ip, c->key.ip, 16);
 	struct limit_val *l = limits.lookup(&k);
 
 	if (!l)

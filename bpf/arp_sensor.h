@@ -100,14 +100,19 @@ struct health_counters {
 #define ARP_SENSOR_MAX_LIMITS 4096
 #endif
 
-/* Entries apply to ARP requests only (not probes: RFC 5227 conflict detection must never be
- * throttled; not gratuitous ARP or replies). The VLAN is not part of the key: verdicts are per IP and
- * a target IP is unique within the L2 domains arp-sensor watches. */
+/* Entries apply to ARP requests and IPv6 neighbour solicitations only (not probes or DAD: RFC 5227 and
+ * RFC 4862 conflict detection must never be throttled; not gratuitous ARP, replies or advertisements).
+ * The VLAN is not part of the key: verdicts are per IP and a target IP is unique within the L2 domains
+ * arp-sensor watches. */
+#define LIMIT_FAMILY_IPV4 4
+#define LIMIT_FAMILY_IPV6 6
+
 struct limit_key {
 	__u32 ifindex;
-	__u32 ip;   /* target of the requests, network byte order */
-	__u8 dir;   /* ARP_SENSOR_DIR_*: egress limits this host's own requests (what reaches the switch) */
-	__u8 pad[3];
+	__u8 dir;    /* ARP_SENSOR_DIR_*: egress limits this host's own requests (what reaches the switch) */
+	__u8 family; /* LIMIT_FAMILY_* */
+	__u8 pad[2];
+	__u8 ip[16]; /* target of the requests/solicitations, wire order; IPv4: its 4 bytes, then zeros */
 };
 
 #define LIMIT_F_DRY_RUN 1 /* count would_drop, pass everything */
