@@ -267,8 +267,8 @@ TARGET6, ASKER6 = "2001:db8::4:7", "2001:db8::4:1"
 
 
 def test_ns_burst_then_drop_and_still_counted(dp, lm, reader):
-    from sensor.reader import read_nd_entries
-    from tests.fixtures_bpf import TEST_MAP_SIZE
+    from sensor.kernel.reader import read_nd_entries
+    from tests.support.fixtures_bpf import TEST_MAP_SIZE
 
     key = put(lm, ip=TARGET6, burst=2)
     assert LimitKey.unpack(key.pack()) == key

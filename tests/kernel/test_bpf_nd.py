@@ -8,20 +8,17 @@ from collections import Counter
 
 import pytest
 
-from sensor import bpfsys
-from sensor import frames as F
-from sensor.layout import (
+from sensor.kernel import bpfsys
+from sensor.kernel.layout import (
     KEY_F_MAC_MISMATCH,
     ND_KIND_NA_SOLICITED,
     ND_KIND_NA_UNSOLICITED,
     ND_KIND_NS,
     ND_KIND_NS_DAD,
 )
-from sensor.reader import read_nd_entries, target_totals
-from tests.fixtures_bpf import TEST_MAP_SIZE
-from tests.fixtures_netns import needs_root
-
-pytestmark = [needs_root, pytest.mark.root]
+from sensor.kernel.reader import read_nd_entries, target_totals
+from tests.support import frames as F
+from tests.support.fixtures_bpf import TEST_MAP_SIZE
 
 XDP_PASS = 2
 TC_ACT_UNSPEC = 0xFFFFFFFF
@@ -210,7 +207,7 @@ def test_mixed_arp_and_nd_burst_matches_a_tally(dp, reader):
 def test_nd_key_layout_matches_bcc(dp):
     import ctypes
 
-    from sensor.layout import ARP_VAL, ND_KEY
+    from sensor.kernel.layout import ARP_VAL, ND_KEY
 
     assert ctypes.sizeof(dp.bpf[b"nd_counts"].Key) == ND_KEY.size == 48
     assert ctypes.sizeof(dp.bpf[b"nd_counts"].Leaf) // bpfsys.possible_cpus() == ARP_VAL.size
