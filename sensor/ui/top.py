@@ -25,6 +25,7 @@ import click
 
 if TYPE_CHECKING:  # numpy and the reader load only when top runs, not for `arp-sensor --help`
     from sensor.pipeline.aggregate import Interval
+from sensor.events.encode import counts_of
 from sensor.peers.stage import peer_options
 from sensor.pipeline.limit_stage import RATELIMIT_KEYS, ratelimit_options
 
@@ -211,7 +212,7 @@ class EventFeed:
             if ip and peer:
                 self.peers[ip] = (peer.get("name", ""), peer.get("state", ""))
             if ds == "arp_sensor.target":
-                arp, net = ev["arp"], ev.get("network", {})
+                arp, net = counts_of(ev), ev.get("network", {})
                 direction = net.get("direction", "ingress")
                 obs = ev.get("observer", {}).get(direction, {})
                 self.pending.append(TargetWindow(
@@ -231,7 +232,7 @@ class EventFeed:
                 else:
                     cur = self.limits.setdefault(ip, [mode, 0])
                     if action == "ratelimit-dropping":
-                        arp = ev.get("arp", {})
+                        arp = counts_of(ev)
                         cur[1] += int(arp.get("would_drop" if mode == "dry-run" else "dropped", 0) or 0)
             elif ds == "arp_sensor.health" and ev["event"].get("kind") == "metric":
                 h = ev.get("arp_sensor", {}).get("health", {})
