@@ -19,19 +19,22 @@ from pathlib import Path
 
 
 def bird_config(router_ip: str, peers: list[str], passive_every: int = 2, hold: int = 9) -> str:
-    """Calico-like full-mesh config: `Mesh_<ip>` per peer, every `passive_every`-th one `passive on`."""
+    """Calico-like full-mesh config: `Mesh_<ip>` per peer (IPv6: every ':' as '_', as Calico names them),
+    every `passive_every`-th one `passive on`. Each session carries the channel of its neighbour's family.
+    router_ip: the IPv4 router id (BIRD wants one even for an IPv6-only mesh)."""
     lines = [
         f"router id {router_ip};",
         "protocol device { scan time 10; }",
         "template bgp bgp_template {",
         "  local as 64512; connect delay time 1; connect retry time 3; error wait time 1, 5;",
-        f"  hold time {hold}; ipv4 {{ import all; export none; }};",
+        f"  hold time {hold};",
         "}",
     ]
     for i, ip in enumerate(peers):
         passive = " passive on;" if passive_every and i % passive_every == 1 else ""
-        lines.append(f"protocol bgp Mesh_{ip.replace('.', '_')} from bgp_template "
-                     f"{{ neighbor {ip} as 64512;{passive} }}")
+        channel = "ipv6" if ":" in ip else "ipv4"
+        lines.append(f"protocol bgp Mesh_{ip.replace('.', '_').replace(':', '_')} from bgp_template "
+                     f"{{ neighbor {ip} as 64512;{passive} {channel} {{ import all; export none; }}; }}")
     return "\n".join(lines) + "\n"
 
 
@@ -48,12 +51,17 @@ def _run(*args: str) -> None:
 class BirdNetns:
     """`with BirdNetns(n_peers=2) as b:` → a BIRD on `b.socket`; `b.stop()` / `b.start()` restart it."""
 
-    def __init__(self, n_peers: int = 2, router: str = "198.18.4.1/22") -> None:
+    def __init__(self, n_peers: int = 2, router: str = "198.18.4.1/22", n_peers6: int = 0,
+                 router6: str = "2001:db8:4::1/64", socket_name: str = "bird.ctl") -> None:
+        """n_peers6: IPv6 peers in the same BIRD (dual stack in one BIRD 2); socket_name: bird6.ctl for
+        Calico's separate IPv6 BIRD (n_peers=0, n_peers6=N)."""
         self.ns = f"abird{secrets.token_hex(3)}"
         self.dir = Path(tempfile.mkdtemp(prefix="arp-sensor-bird-"))
-        self.socket = str(self.dir / "bird.ctl")
-        self.router = router
+        self.socket = str(self.dir / socket_name)
+        self.router, self.router6 = router, router6 if n_peers6 else None
         self.peers = peer_ips(n_peers, str(ipaddress.ip_interface(router).network))
+        if n_peers6:
+            self.peers += peer_ips(n_peers6, str(ipaddress.ip_interface(router6).network))
         self.conf = self.dir / "bird.conf"
         self.conf.write_text(bird_config(str(ipaddress.ip_interface(router).ip), self.peers))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,6 +73,8 @@ class BirdNetns:
             _run(*ns, "link", "set", "lo", "up")
             _run(*ns, "link", "add", "vc", "type", "veth", "peer", "name", "vd")
             _run(*ns, "addr", "add", self.router, "dev", "vc")
+            if self.router6:
+                _run(*ns, "addr", "add", self.router6, "dev", "vc", "nodad")
             _run(*ns, "link", "set", "vc", "up")
             _run(*ns, "link", "set", "vd", "up")
             self.start()
