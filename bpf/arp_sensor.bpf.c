@@ -101,7 +101,10 @@ static __always_inline int proto_is_vlan(__u16 h_proto)
 	return h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD);
 }
 
-/* Adds one to the entry for key, creating it (stamped) when missing. */
+/* Adds one to the entry for key, creating it (stamped) when missing. BPF_NOEXIST (bcc insert()): when
+ * two CPUs create the same key at once, one insert wins and the other gets -EEXIST and adds to the
+ * winner's entry, so an entry is stamped exactly once (a second stamp would look like an eviction to
+ * user space and re-count the entry). */
 static __always_inline void count(struct arp_key *key, struct health_counters *h)
 {
 	struct arp_val *v = arp_counts.lookup(key);
@@ -113,11 +116,11 @@ static __always_inline void count(struct arp_key *key, struct health_counters *h
 	struct arp_val init = {};
 	init.count = 1;
 	init.first_seen_ns = bpf_ktime_get_ns();
-	if (arp_counts.update(key, &init) == 0) {
+	if (arp_counts.insert(key, &init) == 0) {
 		h->inserts += 1;
 		return;
 	}
-	/* -EEXIST: another CPU created it between our lookup and update; add to theirs. */
+	/* -EEXIST: another CPU created it between our lookup and insert; add to theirs. */
 	v = arp_counts.lookup(key);
 	if (v)
 		v->count += 1;
@@ -137,7 +140,7 @@ static __always_inline void count_nd(struct nd_key *key, struct health_counters 
 	struct arp_val init = {};
 	init.count = 1;
 	init.first_seen_ns = bpf_ktime_get_ns();
-	if (nd_counts.update(key, &init) == 0) {
+	if (nd_counts.insert(key, &init) == 0) { /* BPF_NOEXIST, as count() */
 		h->nd_inserts += 1;
 		return;
 	}
@@ -267,8 +270,8 @@ static __always_inline int limit_solicit(struct nd_key *k, struct health_counter
 }
 
 /* Counts the frame; returns 1 when a rate limit says drop it (ARP requests only). */
-static __always_inline int handle_arp(struct hdr_cursor *nh, void *data_end, __u32 ifindex, __u8 dir,
-				      __u16 vlan)
+static __always_inline int handle_arp(struct hdr_cursor *nh, void *data, void *data_end, __u32 ifindex,
+				      __u8 dir, __u16 vlan)
 {
 	struct arp_eth_ipv4 *arp = nh->pos;
 	struct health_counters *h = health_get();
@@ -299,6 +302,19 @@ static __always_inline int handle_arp(struct hdr_cursor *nh, void *data_end, __u
 	k.ifindex = ifindex;
 	k.vlan = vlan;
 	k.dir = dir;
+	/* The MAC that speaks in this frame, and whether the Ethernet source agrees (a mismatch is a proxy,
+	 * a bridge rewriting, or a spoofer). find_l3 checked the Ethernet header is in the frame.
+	 * Both MACs sit at even offsets (Ethernet source at 6, sha at 22 + 4 per tag): three 16-bit loads
+	 * each, no byte loop. */
+	const __u16 *sha = (const __u16 *)arp->sha;
+	const __u16 *src = (const __u16 *)((__u8 *)data + 6);
+	__u16 *mac = (__u16 *)k.mac;
+
+	mac[0] = sha[0];
+	mac[1] = sha[1];
+	mac[2] = sha[2];
+	if ((src[0] ^ sha[0]) | (src[1] ^ sha[1]) | (src[2] ^ sha[2]))
+		k.flags = KEY_F_MAC_MISMATCH;
 
 	/* Order matters and is the documented classification (docs/architecture.md, tests/support/refparse.py):
 	 * probe (request from 0.0.0.0), gratuitous (sender == target), request, reply. */
@@ -459,18 +475,18 @@ static __always_inline int find_l3(struct hdr_cursor *nh, void *data_end, __u16 
 
 int arpsensor_xdp(struct xdp_md *ctx)
 {
+	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct hdr_cursor nh = { .pos = (void *)(long)ctx->data };
+	struct hdr_cursor nh = { .pos = data };
 	__u16 vlan = 0;
 	int l3 = find_l3(&nh, data_end, &vlan, 0);
 
 	/* A drop is an ingress limit: it protects this host only, the switch already carried the frame. */
 	if (l3 == FRAME_ARP) {
-		if (handle_arp(&nh, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan))
+		if (handle_arp(&nh, data, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan))
 			return XDP_DROP;
 	} else if (l3 == FRAME_IPV6) {
-		if (handle_nd(&nh, data_end, (void *)(long)ctx->data, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS,
-			      vlan))
+		if (handle_nd(&nh, data_end, data, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan))
 			return XDP_DROP;
 	}
 	return XDP_PASS;
@@ -481,8 +497,9 @@ int arpsensor_xdp(struct xdp_md *ctx)
  * someone else's filters (except to drop a rate-limited request). */
 static __always_inline int handle_skb(struct __sk_buff *skb, __u8 dir)
 {
+	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct hdr_cursor nh = { .pos = (void *)(long)skb->data };
+	struct hdr_cursor nh = { .pos = data };
 	__u16 vlan = 0;
 	int have_vlan = 0;
 
@@ -495,10 +512,10 @@ static __always_inline int handle_skb(struct __sk_buff *skb, __u8 dir)
 	int l3 = find_l3(&nh, data_end, &vlan, have_vlan);
 
 	if (l3 == FRAME_ARP) {
-		if (handle_arp(&nh, data_end, skb->ifindex, dir, vlan))
+		if (handle_arp(&nh, data, data_end, skb->ifindex, dir, vlan))
 			return TC_ACT_SHOT;
 	} else if (l3 == FRAME_IPV6) {
-		if (handle_nd(&nh, data_end, (void *)(long)skb->data, skb->ifindex, dir, vlan))
+		if (handle_nd(&nh, data_end, data, skb->ifindex, dir, vlan))
 			return TC_ACT_SHOT;
 	}
 	return TC_ACT_UNSPEC;

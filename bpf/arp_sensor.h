@@ -23,42 +23,49 @@
 
 /* One map for everything, so an ARP frame costs exactly one hash lookup: per-target totals are sums
  * over entries, done in user space once per interval instead of in the kernel once per frame.
- * IPs are in network byte order, as on the wire. */
-struct arp_key {
+ * IPs are in network byte order, as on the wire. Keys are hashed and compared bytewise: every byte,
+ * padding included, is written (zeroed) before use. Layout fixed for issues 15-17
+ * (docs/architecture.md, "Kernel program"). */
+#define KEY_F_MAC_MISMATCH 1 /* the Ethernet source differs from the MAC the message claims */
+
+struct arp_key {            /* 24 bytes */
 	__u32 ifindex;
-	__u32 ip;   /* target of requests/probes, sender of replies/gratuitous */
-	__u32 peer; /* requests: who asked (sender IP); 0 otherwise */
-	__u16 vlan; /* outermost VLAN id, 0 = untagged (or priority-tagged) */
-	__u8 dir;   /* ARP_SENSOR_DIR_* */
-	__u8 kind;  /* ARP_KIND_* */
+	__u32 ip;           /* target of requests/probes, speaker of replies/gratuitous */
+	__u32 peer;         /* requests: who asked (sender IP); 0 otherwise */
+	__u16 vlan;         /* outermost VLAN id, 0 = untagged (or priority-tagged) */
+	__u8 dir;           /* ARP_SENSOR_DIR_* */
+	__u8 kind;          /* ARP_KIND_* */
+	__u8 mac[6];        /* ARP sender hardware address (sha): the asker of a request, the answerer of a
+			     * reply or gratuitous ARP, the prober of a probe */
+	__u8 flags;         /* KEY_F_* */
+	__u8 pad;           /* always 0 */
 };
 
-/* IPv6 neighbour discovery (RFC 4861): what an nd_counts entry counts. The kinds share the ARP kinds'
- * numbers on purpose, so user space sums both families with one code path: NS ~ request, NA solicited
- * ~ reply, NA unsolicited ~ gratuitous, DAD ~ probe. */
-#define ND_KIND_NS ARP_KIND_REQUEST             /* solicitations for ip (the target in the body), asked by peer */
-#define ND_KIND_NA_SOLICITED ARP_KIND_REPLY     /* advertisements with the S flag, sent for ip (peer = 0) */
-#define ND_KIND_NA_UNSOLICITED ARP_KIND_GRATUITOUS /* advertisements without it (announcements; peer = 0) */
-#define ND_KIND_NS_DAD ARP_KIND_PROBE           /* duplicate address detection: NS from :: for ip (peer = 0) */
+/* IPv6 neighbour discovery (issue 17): the same discipline with 16-byte addresses. The kinds share
+ * the ARP kinds' numbers on purpose, so user space sums both families with one code path:
+ * NS ~ request, NA solicited ~ reply, NA unsolicited ~ gratuitous, DAD ~ probe. */
+#define ND_KIND_NS ARP_KIND_REQUEST
+#define ND_KIND_NA_SOLICITED ARP_KIND_REPLY
+#define ND_KIND_NA_UNSOLICITED ARP_KIND_GRATUITOUS
+#define ND_KIND_NS_DAD ARP_KIND_PROBE
 
-#define KEY_F_MAC_MISMATCH 1 /* the frame's link-layer address (ND option) differs from the Ethernet source */
-
-/* The ND twin of arp_key, in its own map (nd_counts) so the ARP key stays compact. Addresses are the
- * 16 wire bytes. 48 bytes, no holes. */
-struct nd_key {
+struct nd_key {             /* 48 bytes */
 	__u32 ifindex;
-	__u16 vlan;    /* outermost VLAN id, 0 = untagged */
-	__u8 dir;      /* ARP_SENSOR_DIR_* */
-	__u8 kind;     /* ND_KIND_* */
-	__u8 mac[6];   /* source (NS) / target (NA) link-layer address option if first, else Ethernet source */
-	__u8 flags;    /* KEY_F_* */
-	__u8 pad;      /* always 0 (keys are hashed bytewise) */
-	__u8 ip[16];   /* NS/DAD: the target from the message body (NOT the IPv6 destination); NA: the target */
-	__u8 peer[16]; /* NS: the IPv6 source (who asked); 0 for DAD and NA */
+	__u16 vlan;
+	__u8 dir;
+	__u8 kind;          /* ND_KIND_* */
+	__u8 mac[6];        /* source link-layer option (NS) / target link-layer option (NA), else eth src */
+	__u8 flags;         /* KEY_F_MAC_MISMATCH: option present and != eth src */
+	__u8 pad;
+	__u8 ip[16];        /* NS/DAD: the target from the message body (not the IPv6 dst); NA: the target */
+	__u8 peer[16];      /* NS: the IPv6 source (who asked); 0 for DAD and NA */
 };
+_Static_assert(sizeof(struct arp_key) == 24, "arp_key: sensor/kernel/layout.py ARP_KEY");
+_Static_assert(sizeof(struct nd_key) == 48, "nd_key: sensor/kernel/layout.py ND_KEY");
 
-/* Per-CPU, cumulative. first_seen_ns is written once, on the CPU that created the entry: when user
- * space sees it change, the LRU evicted the entry and it was re-created, so the count restarted. */
+/* Per-CPU, cumulative. first_seen_ns is written once, on the CPU that created the entry (BPF_NOEXIST:
+ * a second CPU racing to create the same key adds to the first one's entry instead): when user space
+ * sees it change, the LRU evicted the entry and it was re-created, so the count restarted. */
 struct arp_val {
 	__u64 count;
 	__u64 first_seen_ns;

@@ -15,8 +15,13 @@ PROGRAM = BPF_DIR / "arp_sensor.bpf.c"
 DIR_INGRESS, DIR_EGRESS = 0, 1
 DIRECTIONS = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
 
-# struct arp_key {u32 ifindex; be32 ip; be32 peer; u16 vlan; u8 dir; u8 kind;}
-ARP_KEY = struct.Struct("<I4s4sHBB")
+# struct arp_key {u32 ifindex; be32 ip; be32 peer; u16 vlan; u8 dir; u8 kind; u8 mac[6]; u8 flags; u8 pad;}
+ARP_KEY = struct.Struct("<I4s4sHBB6sBx")
+# struct nd_key {u32 ifindex; u16 vlan; u8 dir; u8 kind; u8 mac[6]; u8 flags; u8 pad; u8 ip[16]; u8 peer[16];}
+ND_KEY = struct.Struct("<IHBB6sBx16s16s")
+KEY_F_MAC_MISMATCH = 1
+# The family column of the reader's table (user space only: each family has its own kernel map).
+FAMILY_IPV4, FAMILY_IPV6 = 4, 6
 # struct arp_val {u64 count, first_seen_ns;}
 ARP_VAL = struct.Struct("<2Q")
 KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE = 0, 1, 2, 3

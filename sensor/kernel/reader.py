@@ -13,6 +13,8 @@ from sensor.kernel import bpfsys
 from sensor.kernel.layout import (
     ARP_KEY,
     ARP_VAL,
+    FAMILY_IPV4,
+    FAMILY_IPV6,
     KIND_GRATUITOUS,
     KIND_PROBE,
     KIND_REPLY,
@@ -22,28 +24,60 @@ from sensor.kernel.layout import (
     health_struct,
 )
 
-# (ifindex, ip, peer, vlan, dir, kind) -> (count, first_seen_ns), summed over CPUs
-EntryKey = tuple[int, str, str, int, int, int]
+# (ifindex, ip, peer, vlan, dir, kind, mac, flags) -> (count, first_seen_ns), summed over CPUs. ip and peer
+# are text (dotted quad, or RFC 5952 for IPv6), mac is "aa:bb:cc:dd:ee:ff", flags are KEY_F_*.
+EntryKey = tuple[int, str, str, int, int, int, str, int]
 EntryMap = dict[EntryKey, tuple[int, int]]
 TargetKey = tuple[int, str, int, int]  # (ifindex, ip, vlan, dir)
-# struct arp_key as numpy sees it (no padding: 4+4+4+2+1+1 bytes)
+# struct arp_key as numpy sees it (no padding: 4+4+4+2+1+1+8 bytes); the last word holds mac[6] in its
+# low 48 bits (wire order, read little-endian), then flags, then pad.
 KEY_DTYPE = np.dtype([("ifindex", "<u4"), ("ip", "<u4"), ("peer", "<u4"), ("vlan", "<u2"), ("dir", "u1"),
-                      ("kind", "u1")])
+                      ("kind", "u1"), ("macw", "<u8")])
 assert KEY_DTYPE.itemsize == ARP_KEY.size
+# struct nd_key: the same word of mac/flags/pad at offset 8, then the two 16-byte addresses (wire order),
+# each seen as two little-endian u64 words: exactly the table's 16-byte column form.
+ND_KEY_DTYPE = np.dtype([("ifindex", "<u4"), ("vlan", "<u2"), ("dir", "u1"), ("kind", "u1"), ("macw", "<u8"),
+                         ("ip", "<u8", (2,)), ("peer", "<u8", (2,))])
+assert ND_KEY_DTYPE.itemsize == ND_KEY.size
+_MAC_MASK = np.uint64((1 << 48) - 1)
+# An IPv4 address in the table's 16-byte form (::ffff:a.b.c.d), as the two little-endian words of those
+# 16 bytes: word 0 is zero, word 1 is 0xffff in bits 16-31 and the 4 wire bytes (read LE) in bits 32-63.
+_V4_MAPPED = np.uint64(0xFFFF0000)
+
+
+def v4_words(ip: np.ndarray) -> np.ndarray:
+    """(n, 2) u64: IPv4 addresses (wire bytes read as a little-endian u32) in the 16-byte column form."""
+    out = np.zeros((len(ip), 2), dtype=np.uint64)
+    out[:, 1] = (ip.astype(np.uint64) << np.uint64(32)) | _V4_MAPPED
+    return out
+
+
+def is_v4(words: np.ndarray) -> np.ndarray:
+    """Which rows of a 16-byte address column are IPv4-mapped."""
+    return (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == _V4_MAPPED)
 
 
 class EntryTable:
     """The map's entries as parallel numpy arrays (one element per entry, per-CPU values already
     summed): what the aggregator works on, so 100k entries cost a few vector operations per interval
-    instead of 100k rounds of Python. IPs stay as read: the 4 wire bytes seen as a little-endian u32."""
+    instead of 100k rounds of Python. Both families share the shape: `ip` and `peer` are 16-byte
+    columns ((n, 2) little-endian u64 words whose bytes are the address in wire order; IPv4 as
+    ::ffff:a.b.c.d) and `family` says which it is (FAMILY_IPV4/6). `mac` holds the 6 wire bytes read
+    little-endian, `flags` the key's KEY_F_* bits."""
 
-    __slots__ = ("count", "dir", "first", "ifindex", "ip", "kind", "peer", "raw_keys", "vlan")
+    __slots__ = ("count", "dir", "family", "first", "flags", "ifindex", "ip", "kind", "mac", "peer", "raw_keys",
+                 "vlan")
 
     def __init__(self, ifindex: np.ndarray, ip: np.ndarray, peer: np.ndarray, vlan: np.ndarray,
                  dir: np.ndarray, kind: np.ndarray, count: np.ndarray, first: np.ndarray,
-                 raw_keys: bytes | None = None) -> None:
+                 raw_keys: bytes | None = None, *, mac: np.ndarray | None = None, flags: np.ndarray | None = None,
+                 family: np.ndarray | None = None) -> None:
+        n = len(count)
         self.ifindex, self.ip, self.peer, self.vlan = ifindex, ip, peer, vlan
         self.dir, self.kind, self.count, self.first = dir, kind, count, first
+        self.mac = mac if mac is not None else np.zeros(n, np.uint64)
+        self.flags = flags if flags is not None else np.zeros(n, np.uint8)
+        self.family = family if family is not None else np.full(n, FAMILY_IPV4, np.uint8)
         # The keys as packed bytes, in read order: when the next read has exactly these bytes (the same
         # entries, in the same buckets), the aggregator reuses all its per-key work.
         self.raw_keys = raw_keys
@@ -51,39 +85,74 @@ class EntryTable:
     def __len__(self) -> int:
         return len(self.count)
 
+    @property
+    def all_v4(self) -> bool:
+        return bool((self.family == FAMILY_IPV4).all())
+
     @classmethod
     def from_raw(cls, keys: bytes, vals: bytes, n: int, ncpu: int) -> EntryTable:
         """From a batch read: n packed struct arp_key, n x ncpu per-CPU struct arp_val slots."""
         k = np.frombuffer(keys, dtype=KEY_DTYPE, count=n)
         slot_words = bpfsys.percpu_value_size(ARP_VAL.size) // 8
         v = np.frombuffer(vals, dtype="<u8", count=n * ncpu * slot_words).reshape(n, ncpu, slot_words)
-        return cls(k["ifindex"].copy(), k["ip"].copy(), k["peer"].copy(), k["vlan"].copy(), k["dir"].copy(),
+        macw = k["macw"]
+        return cls(k["ifindex"].copy(), v4_words(k["ip"]), v4_words(k["peer"]), k["vlan"].copy(), k["dir"].copy(),
                    k["kind"].copy(),
                    v[:, :, 0].sum(axis=1, dtype=np.uint64),
                    # first_seen_ns is stamped on the creating CPU only: the others hold 0
-                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * KEY_DTYPE.itemsize]))
+                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * KEY_DTYPE.itemsize]),
+                   mac=macw & _MAC_MASK, flags=(macw >> np.uint64(48)).astype(np.uint8))
+
+    @classmethod
+    def from_nd_raw(cls, keys: bytes, vals: bytes, n: int, ncpu: int) -> EntryTable:
+        """From a batch read of nd_counts: n packed struct nd_key (the ND kinds share the ARP kinds'
+        numbers, so the table needs no translation), n x ncpu per-CPU values."""
+        k = np.frombuffer(keys, dtype=ND_KEY_DTYPE, count=n)
+        slot_words = bpfsys.percpu_value_size(ARP_VAL.size) // 8
+        v = np.frombuffer(vals, dtype="<u8", count=n * ncpu * slot_words).reshape(n, ncpu, slot_words)
+        macw = k["macw"]
+        return cls(k["ifindex"].copy(), k["ip"].copy(), k["peer"].copy(), k["vlan"].copy(), k["dir"].copy(),
+                   k["kind"].copy(), v[:, :, 0].sum(axis=1, dtype=np.uint64),
+                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * ND_KEY.size]),
+                   mac=macw & _MAC_MASK, flags=(macw >> np.uint64(48)).astype(np.uint8),
+                   family=np.full(n, FAMILY_IPV6, np.uint8))
+
+    @classmethod
+    def concat(cls, a: EntryTable, b: EntryTable) -> EntryTable:
+        """Both families in one table (ARP rows first). raw_keys is the ARP row count then both reads'
+        bytes, so an unchanged pair of maps is recognised as unchanged and no other pair can look alike."""
+        raw = None
+        if a.raw_keys is not None and b.raw_keys is not None:
+            raw = len(a).to_bytes(8, "little") + a.raw_keys + b.raw_keys
+        if not len(b):
+            a.raw_keys = raw
+            return a
+        cols = [np.concatenate([getattr(a, f), getattr(b, f)]) for f in
+                ("ifindex", "ip", "peer", "vlan", "dir", "kind", "count", "first")]
+        return cls(*cols, raw, mac=np.concatenate([a.mac, b.mac]), flags=np.concatenate([a.flags, b.flags]),
+                   family=np.concatenate([a.family, b.family]))
 
     @classmethod
     def from_entries(cls, entries: EntryMap) -> EntryTable:
-        aton = socket.inet_aton
-        rows = [(i, int.from_bytes(aton(ip), "little"), int.from_bytes(aton(peer), "little"), vlan, d, kind, c, f)
-                for (i, ip, peer, vlan, d, kind), (c, f) in entries.items()]
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 8
-        types = (np.uint32, np.uint32, np.uint32, np.uint16, np.uint8, np.uint8, np.uint64, np.uint64)
-        t = cls(*(np.array(c, dtype=t) for c, t in zip(cols, types, strict=True)))
-        packed = np.zeros(len(rows), dtype=KEY_DTYPE)
-        for name, col in zip(KEY_DTYPE.names, (t.ifindex, t.ip, t.peer, t.vlan, t.dir, t.kind), strict=True):
-            packed[name] = col
-        t.raw_keys = packed.tobytes()
+        rows = [(i, addr_words(ip), addr_words(peer), vlan, d, kind, mac_int(mac), flags, c, f)
+                for (i, ip, peer, vlan, d, kind, mac, flags), (c, f) in entries.items()]
+        n = len(rows)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 10
+        types = (np.uint32, "2", "2", np.uint16, np.uint8, np.uint8, np.uint64, np.uint8, np.uint64, np.uint64)
+        a = [np.array(c, dtype=np.uint64).reshape(n, 2) if t == "2" else np.array(c, dtype=t)
+             for c, t in zip(cols, types, strict=True)]
+        family = np.where(is_v4(a[1]), FAMILY_IPV4, FAMILY_IPV6).astype(np.uint8)
+        t = cls(a[0], a[1], a[2], a[3], a[4], a[5], a[8], a[9], mac=a[6], flags=a[7], family=family)
+        t.raw_keys = b"".join(np.ascontiguousarray(x).tobytes() for x in a[:8])
         return t
 
     def to_entries(self) -> EntryMap:
-        ntoa = ip_text
         out: EntryMap = {}
-        for i, ip, peer, vlan, d, kind, c, f in zip(self.ifindex.tolist(), self.ip.tolist(), self.peer.tolist(),
-                                                    self.vlan.tolist(), self.dir.tolist(), self.kind.tolist(),
-                                                    self.count.tolist(), self.first.tolist(), strict=True):
-            out[(i, ntoa(ip), ntoa(peer), vlan, d, kind)] = (c, f)
+        for i, ip, peer, vlan, d, kind, mac, flags, c, f in zip(
+                self.ifindex.tolist(), self.ip.tolist(), self.peer.tolist(), self.vlan.tolist(), self.dir.tolist(),
+                self.kind.tolist(), self.mac.tolist(), self.flags.tolist(), self.count.tolist(), self.first.tolist(),
+                strict=True):
+            out[(i, addr_text(*ip), addr_text(*peer), vlan, d, kind, mac_text(mac), flags)] = (c, f)
         return out
 
 
@@ -91,6 +160,32 @@ class EntryTable:
 def ip_text(ip: int) -> str:
     """Dotted quad of an IP held as its wire bytes read little-endian (cached: IPs repeat)."""
     return socket.inet_ntoa(ip.to_bytes(4, "little"))
+
+
+def addr_text(w0: int, w1: int) -> str:
+    """Text of an address in the 16-byte column form: dotted quad for IPv4-mapped, else RFC 5952."""
+    if w0 == 0 and w1 & 0xFFFFFFFF == 0xFFFF0000:
+        return ip_text(w1 >> 32)
+    return _v6_text(w0, w1)
+
+
+@lru_cache(maxsize=1 << 16)
+def _v6_text(w0: int, w1: int) -> str:
+    return socket.inet_ntop(socket.AF_INET6, w0.to_bytes(8, "little") + w1.to_bytes(8, "little"))
+
+
+def addr_words(text: str) -> tuple[int, int]:
+    """The two column words of an address given as text (IPv4 or IPv6)."""
+    raw = socket.inet_pton(socket.AF_INET6, text) if ":" in text else b"\0" * 10 + b"\xff\xff" + socket.inet_aton(text)
+    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+
+
+def mac_text(mac: int) -> str:
+    return mac.to_bytes(6, "little").hex(":")
+
+
+def mac_int(text: str) -> int:
+    return int.from_bytes(bytes.fromhex(text.replace(":", "")), "little")
 
 
 class Snapshot:
@@ -124,24 +219,32 @@ def target_totals(entries: EntryMap) -> dict[TargetKey, tuple[int, int, int, int
     """Cumulative (requests, replies, gratuitous, probes) per target: a view for tests and tools."""
     out: dict[TargetKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     slot = {KIND_REQUEST: 0, KIND_REPLY: 1, KIND_GRATUITOUS: 2, KIND_PROBE: 3}
-    for (ifindex, ip, _peer, vlan, d, kind), (n, _first) in entries.items():
+    for (ifindex, ip, _peer, vlan, d, kind, _mac, _flags), (n, _first) in entries.items():
         out[(ifindex, ip, vlan, d)][slot[kind]] += n
     return {k: tuple(v) for k, v in out.items()}  # type: ignore[misc]
 
 
 def pair_totals(entries: EntryMap) -> dict[tuple[int, str, str, int, int], int]:
-    """Cumulative requests per (ifindex, sender, target, vlan, dir)."""
-    return {(ifindex, peer, ip, vlan, d): n for (ifindex, ip, peer, vlan, d, kind), (n, _f) in entries.items()
-            if kind == KIND_REQUEST}
+    """Cumulative requests per (ifindex, sender, target, vlan, dir), over the sender's MACs."""
+    out: dict[tuple[int, str, str, int, int], int] = defaultdict(int)
+    for (ifindex, ip, peer, vlan, d, kind, _mac, _flags), (n, _f) in entries.items():
+        if kind == KIND_REQUEST:
+            out[(ifindex, peer, ip, vlan, d)] += n
+    return dict(out)
 
 
 class MapReader:
-    def __init__(self, map_fd: int, health_fd: int, max_entries: int) -> None:
-        self.map_fd, self.health_fd, self.max_entries = map_fd, health_fd, max_entries
+    """nd_fd: the nd_counts map (IPv6 neighbour discovery), read into the same table as ARP; None reads
+    ARP only."""
+
+    def __init__(self, map_fd: int, health_fd: int, max_entries: int, nd_fd: int | None = None) -> None:
+        self.map_fd, self.health_fd, self.max_entries, self.nd_fd = map_fd, health_fd, max_entries, nd_fd
         self.ncpu = bpfsys.possible_cpus()
         self.names = health_names()
         self._kbuf: np.ndarray | None = None
         self._vbuf: np.ndarray | None = None
+        self._nd_kbuf: np.ndarray | None = None
+        self._nd_vbuf: np.ndarray | None = None
 
     def read_health(self) -> dict[str, int]:
         fmt = health_struct()
@@ -153,21 +256,30 @@ class MapReader:
                 totals[i] += v
         return dict(zip(self.names, totals, strict=True))
 
-    def read_raw(self) -> tuple[memoryview, memoryview, int]:
-        """One batch read of the whole map into buffers kept between reads (allocating and zeroing
-        megabytes per interval cost more than the numpy work); valid until the next read."""
+    def read_raw(self, nd: bool = False) -> tuple[memoryview, memoryview, int]:
+        """One batch read of the whole ARP map (nd: the ND map) into buffers kept between reads
+        (allocating and zeroing megabytes per interval cost more than the numpy work); valid until the
+        next read."""
         slot = bpfsys.percpu_value_size(ARP_VAL.size) * self.ncpu
         # Headroom: a read under churn meets entries evicted behind it and inserted ahead of it.
         room = self.max_entries + self.max_entries // 8 + 64
-        if self._kbuf is None:
-            self._kbuf = np.empty(ARP_KEY.size * room, dtype=np.uint8)
-            self._vbuf = np.empty(slot * room, dtype=np.uint8)
-        n = bpfsys.map_lookup_batch_into(self.map_fd, self._kbuf.ctypes.data, ARP_KEY.size,
-                                         self._vbuf.ctypes.data, slot, room)
-        return memoryview(self._kbuf)[: ARP_KEY.size * n], memoryview(self._vbuf)[: slot * n], n
+        ksize = ND_KEY.size if nd else ARP_KEY.size
+        kbuf, vbuf = (self._nd_kbuf, self._nd_vbuf) if nd else (self._kbuf, self._vbuf)
+        if kbuf is None or vbuf is None:
+            kbuf, vbuf = np.empty(ksize * room, dtype=np.uint8), np.empty(slot * room, dtype=np.uint8)
+            if nd:
+                self._nd_kbuf, self._nd_vbuf = kbuf, vbuf
+            else:
+                self._kbuf, self._vbuf = kbuf, vbuf
+        fd = self.nd_fd if nd else self.map_fd
+        n = bpfsys.map_lookup_batch_into(fd, kbuf.ctypes.data, ksize, vbuf.ctypes.data, slot, room)  # type: ignore[arg-type]
+        return memoryview(kbuf)[: ksize * n], memoryview(vbuf)[: slot * n], n
 
     def read_table(self) -> EntryTable:
-        return EntryTable.from_raw(*self.read_raw(), self.ncpu)
+        arp = EntryTable.from_raw(*self.read_raw(), self.ncpu)
+        if self.nd_fd is None:
+            return arp
+        return EntryTable.concat(arp, EntryTable.from_nd_raw(*self.read_raw(nd=True), self.ncpu))
 
     def read_entries(self) -> EntryMap:
         return self.read_table().to_entries()
@@ -178,25 +290,3 @@ class MapReader:
         health = self.read_health()
         return Snapshot(time.monotonic(), None, health, table=self.read_table())
 
-
-# (ifindex, ip, peer, vlan, dir, kind, mac, flags) -> (count, first_seen_ns), summed over CPUs; ip/peer in
-# RFC 5952 text ("::" for no peer), mac as 6 bytes.
-NdEntryKey = tuple[int, str, str, int, int, int, bytes, int]
-
-
-def read_nd_entries(map_fd: int, max_entries: int) -> dict[NdEntryKey, tuple[int, int]]:
-    """The nd_counts map as plain Python (one batch read)."""
-    keys, vals, n = bpfsys.map_lookup_batch(map_fd, ND_KEY.size, ARP_VAL.size, max_entries, percpu=True)
-    slot = bpfsys.percpu_value_size(ARP_VAL.size)
-    ncpu = len(vals) // (slot * n) if n else 0
-    ntop = socket.inet_ntop
-    out: dict[NdEntryKey, tuple[int, int]] = {}
-    for i in range(n):
-        ifindex, vlan, d, kind, mac, flags, ip, peer = ND_KEY.unpack_from(keys, i * ND_KEY.size)
-        count = first = 0
-        for c in range(ncpu):
-            cnt, fs = ARP_VAL.unpack_from(vals, (i * ncpu + c) * slot)
-            count, first = count + cnt, max(first, fs)
-        out[(ifindex, ntop(socket.AF_INET6, ip), ntop(socket.AF_INET6, peer), vlan, d, kind, mac, flags)] = (
-            count, first)
-    return out

@@ -17,7 +17,7 @@ from typing import overload
 import numpy as np
 
 from sensor.kernel.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
-from sensor.kernel.reader import EntryTable, Snapshot, ip_text
+from sensor.kernel.reader import EntryTable, Snapshot, addr_text, ip_text, is_v4
 from sensor.model import TargetWindow, WindowKey
 
 _U64 = np.uint64
@@ -28,12 +28,18 @@ _M1, _M2 = _U64(0x9E3779B97F4A7C15), _U64(0xC2B2AE3D27D4EB4F)
 # have always had: "198.18.0.10" < "198.18.0.9"), and text order is octet-by-octet text order.
 _OCTET_RANK = np.empty(256, dtype=np.uint8)
 _OCTET_RANK[sorted(range(256), key=str)] = np.arange(256, dtype=np.uint8)
+# Address codes: an IPv4 address is its wire bytes read as a little-endian u32 (as the kernel key holds
+# it); an IPv6 address is _V6_CODE + its index in the key set's list of IPv6 addresses.
+_V6_CODE = 1 << 32
 
 
-def _ip_text_rank(ip: np.ndarray) -> np.ndarray:
-    """A u64 per IP (wire bytes as little-endian u32) that orders like the dotted-quad text."""
-    wire = np.ascontiguousarray(ip, dtype="<u4").view(np.uint8)  # first octet first
-    return _OCTET_RANK[wire].view(">u4").astype(_U64)  # ranked octets, first one most significant
+def _ip_text_rank(ip: np.ndarray, text=ip_text) -> np.ndarray:
+    """A u64 per address code (see _Groups) that orders like the address text."""
+    if not len(ip) or int(ip.max()) < _V6_CODE:
+        wire = np.ascontiguousarray(ip, dtype="<u4").view(np.uint8)  # first octet first
+        return _OCTET_RANK[wire].view(">u4").astype(_U64)  # ranked octets, first one most significant
+    texts = np.array([text(c) for c in ip.tolist()])
+    return np.unique(texts, return_inverse=True)[1].reshape(-1).astype(_U64)
 
 
 @dataclass
@@ -48,24 +54,30 @@ class Interval:
 
 
 class _Sorted:
-    """A snapshot's entries ordered by key hash: what the next interval's deltas are matched against."""
+    """A snapshot's entries ordered by key hash: what the next interval's deltas are matched against.
+    w holds each key as six u64 words: (ifindex, vlan, dir, kind), ip (2 words), peer (2 words),
+    (mac, flags, family)."""
 
-    __slots__ = ("count", "first", "h", "sel", "w0", "w1")
+    __slots__ = ("count", "first", "h", "sel", "w")
 
     def __init__(self, t: EntryTable) -> None:
-        w0 = t.ifindex.astype(_U64) | (t.ip.astype(_U64) << _U64(32))
-        w1 = (t.peer.astype(_U64) | (t.vlan.astype(_U64) << _U64(32)) | (t.dir.astype(_U64) << _U64(48))
+        ka = (t.ifindex.astype(_U64) | (t.vlan.astype(_U64) << _U64(32)) | (t.dir.astype(_U64) << _U64(48))
               | (t.kind.astype(_U64) << _U64(56)))
-        h = (w0 * _M1) ^ ((w1 + _M1) * _M2)
+        kb = t.mac.astype(_U64) | (t.flags.astype(_U64) << _U64(48)) | (t.family.astype(_U64) << _U64(56))
+        w = np.empty((len(t), 6), dtype=_U64)
+        w[:, 0], w[:, 1:3], w[:, 3:5], w[:, 5] = ka, t.ip, t.peer, kb
+        h = ka * _M1
+        for j in range(1, 6):
+            h = (h ^ w[:, j]) * _M2
         order = np.argsort(h)
         self.sel = order  # table index of each sorted entry
-        self.h, self.w0, self.w1 = h[order], w0[order], w1[order]
+        self.h, self.w = h[order], w[order]
         self.count, self.first = t.count[order], t.first[order]
 
     def with_values(self, t: EntryTable) -> _Sorted:
         """The same keys in the same order, with the values of a table whose raw keys are identical."""
         new = object.__new__(_Sorted)
-        new.h, new.w0, new.w1, new.sel = self.h, self.w0, self.w1, self.sel
+        new.h, new.w, new.sel = self.h, self.w, self.sel
         new.count, new.first = t.count[self.sel], t.first[self.sel]
         return new
 
@@ -76,7 +88,7 @@ class _Sorted:
         """A key read twice in one batch read (evicted and re-created during the read): keep one."""
         if len(self.h) < 2:
             return
-        dup = (self.h[1:] == self.h[:-1]) & (self.w0[1:] == self.w0[:-1]) & (self.w1[1:] == self.w1[:-1])
+        dup = (self.h[1:] == self.h[:-1]) & (self.w[1:] == self.w[:-1]).all(axis=1)
         if dup.any():
             keep = np.ones(len(self.h), dtype=bool)
             keep[1:][dup] = False
@@ -90,40 +102,80 @@ class _Sorted:
             return np.zeros(n, _U64), np.zeros(n, _U64)
         pos = np.minimum(np.searchsorted(prev.h, self.h), len(prev) - 1)
         same_hash = prev.h[pos] == self.h
-        hit = same_hash & (prev.w0[pos] == self.w0) & (prev.w1[pos] == self.w1)
+        hit = same_hash & (prev.w[pos] == self.w).all(axis=1)
         for i in np.flatnonzero(same_hash & ~hit):  # two keys share a hash: find the right one
             j = int(pos[i])
             while j < len(prev) and prev.h[j] == self.h[i]:
-                if prev.w0[j] == self.w0[i] and prev.w1[j] == self.w1[i]:
+                if (prev.w[j] == self.w[i]).all():
                     pos[i], hit[i] = j, True
                     break
                 j += 1
         return np.where(hit, prev.count[pos], _U64(0)), np.where(hit, prev.first[pos], _U64(0))
 
 
-def _target_groups(cur: _Sorted) -> tuple:
-    """Key fields of the sorted entries, and each entry's target: (ifindex, ip, vlan, dir) packed
-    exactly into one u64 (while ifindex < 2^19), grouped by np.unique."""
-    ifindex = cur.w0 & _U64(0xFFFFFFFF)
-    ip = cur.w0 >> _U64(32)
-    vlan = (cur.w1 >> _U64(32)) & _U64(0xFFFF)
-    d = (cur.w1 >> _U64(48)) & _U64(0xFF)
-    kind = cur.w1 >> _U64(56)
-    small_if = ifindex if not len(ifindex) or int(ifindex.max()) < (1 << 19) else \
-        np.unique(ifindex, return_inverse=True)[1].astype(_U64)
-    tkey = (ip << _U64(32)) | (small_if << _U64(13)) | ((vlan & _U64(0xFFF)) << _U64(1)) | (d & _U64(1))
-    if len(vlan) and (int(vlan.max()) > 0xFFF or int(d.max()) > 1):  # cannot happen with our kernel program
-        tkey = np.unique(np.stack([ip, ifindex, vlan, d], axis=1), axis=0, return_inverse=True)[1].astype(_U64)
-    utk, tinv = np.unique(tkey, return_inverse=True)
-    return ifindex, ip, vlan, d, kind, tinv.reshape(-1), len(utk)
+def _addr_codes(words: np.ndarray, v6: list[str]) -> np.ndarray:
+    """Address codes (see _V6_CODE) of a 16-byte column; IPv6 texts are appended to v6."""
+    v4 = is_v4(words)
+    codes = words[:, 1] >> _U64(32)
+    if not v4.all():
+        rows = np.flatnonzero(~v4)
+        uniq, inv = np.unique(words[rows], axis=0, return_inverse=True)
+        codes = codes.copy()
+        codes[rows] = _U64(_V6_CODE + len(v6)) + inv.reshape(-1).astype(_U64)
+        v6.extend(addr_text(int(a), int(b)) for a, b in uniq.tolist())
+    return codes
+
+
+class _Groups:
+    """Per key set (reused while the entries stay the same): each entry's fields as address codes, its
+    target, and — when one (target, sender) pair has several entries (several MACs asked, or flags
+    differ) — its pair, so senders are counted once per IP."""
+
+    def __init__(self, cur: _Sorted) -> None:
+        w = cur.w
+        self.ifindex = w[:, 0] & _U64(0xFFFFFFFF)
+        self.vlan = (w[:, 0] >> _U64(32)) & _U64(0xFFFF)
+        self.d = (w[:, 0] >> _U64(48)) & _U64(0xFF)
+        self.kind = w[:, 0] >> _U64(56)
+        self.v6: list[str] = []
+        self.ip = _addr_codes(w[:, 1:3], self.v6)
+        self.peer = _addr_codes(w[:, 3:5], self.v6)
+        ifindex, ip, vlan, d = self.ifindex, self.ip, self.vlan, self.d
+        small_if = ifindex if not len(ifindex) or int(ifindex.max()) < (1 << 19) else \
+            np.unique(ifindex, return_inverse=True)[1].reshape(-1).astype(_U64)
+        tkey = (ip << _U64(32)) | (small_if << _U64(13)) | ((vlan & _U64(0xFFF)) << _U64(1)) | (d & _U64(1))
+        if len(vlan) and (int(vlan.max()) > 0xFFF or int(d.max()) > 1 or int(ip.max()) >= _V6_CODE):
+            tkey = np.unique(np.stack([ip, ifindex, vlan, d], axis=1), axis=0,
+                             return_inverse=True)[1].reshape(-1).astype(_U64)
+        utk, tinv = np.unique(tkey, return_inverse=True)
+        self.tinv, self.ntargets = tinv.reshape(-1), len(utk)
+        # Pairs: request entries by (target, sender IP); None while every pair has one entry.
+        req = np.flatnonzero(self.kind == KIND_REQUEST)
+        self.pinv: np.ndarray | None = None
+        if len(req):
+            if int(self.peer[req].max()) < _V6_CODE:  # one sort of u64s
+                upk, pinv = np.unique((self.tinv[req].astype(_U64) << _U64(32)) | self.peer[req],
+                                      return_inverse=True)
+                upk = np.stack([upk >> _U64(32), upk & _U64(0xFFFFFFFF)], axis=1)
+            else:
+                upk, pinv = np.unique(np.stack([self.tinv[req].astype(_U64), self.peer[req]], axis=1), axis=0,
+                                      return_inverse=True)
+            if len(upk) < len(req):
+                self.pinv = np.full(len(w), -1, dtype=np.int64)
+                self.pinv[req] = pinv.reshape(-1)
+                self.pair_target, self.pair_peer = upk[:, 0].astype(np.int64), upk[:, 1]
+
+    def text(self, code: int) -> str:
+        return ip_text(code) if code < _V6_CODE else self.v6[code - _V6_CODE]
 
 
 class WindowList(Sequence[TargetWindow]):
     """Busiest-first TargetWindows of one interval, built on access (and kept once built)."""
 
     def __init__(self, agg: Aggregator, interval_s: float, cols: dict[str, np.ndarray], order: np.ndarray,
-                 req_entries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+                 req_entries: tuple[np.ndarray, np.ndarray, np.ndarray], text=ip_text) -> None:
         self._agg = agg
+        self._text = text  # address code -> text
         self.interval_s = interval_s
         self.cols = cols  # per window, unordered: ifindex, ip, vlan, dir, requests, replies, ...
         self.order = order  # the row in cols of the i-th busiest window
@@ -193,7 +245,7 @@ class WindowList(Sequence[TargetWindow]):
                                           "probes", "senders")}
         ifindex, d = vals["ifindex"], vals["dir"]
         return TargetWindow(
-            key=WindowKey(ifindex, DIRECTIONS.get(d, str(d)), vals["vlan"], ip_text(vals["ip"])),
+            key=WindowKey(ifindex, DIRECTIONS.get(d, str(d)), vals["vlan"], self._text(vals["ip"])),
             interface=self._agg.ifnames.get(ifindex, str(ifindex)),
             interval_s=self.interval_s,
             requests=vals["requests"], replies=vals["replies"], gratuitous=vals["gratuitous"],
@@ -204,7 +256,7 @@ class WindowList(Sequence[TargetWindow]):
         c = self._lists()
         names, ifnames, interval_s, top_n = DIRECTIONS, self._agg.ifnames, self.interval_s, self._agg.top_senders
         starts, peer, n = c["starts"], c["peer"], c["n"]
-        built = self._built
+        built, ip_text = self._built, self._text
         for i, (ifindex, d, vlan, ip, req, rep, grat, probes, senders) in enumerate(zip(
                 c["ifindex"], c["dir"], c["vlan"], c["ip"], c["requests"], c["replies"], c["gratuitous"],
                 c["probes"], c["senders"], strict=True)):
@@ -228,7 +280,7 @@ class WindowList(Sequence[TargetWindow]):
         else:  # a few windows out of many: pick their entries, do not sort them all
             m = widx == i
             peers, counts = peer[m], n[m]
-        senders = [(ip_text(p), c) for p, c in zip(peers.tolist(), counts.tolist(), strict=True)]
+        senders = [(self._text(p), c) for p, c in zip(peers.tolist(), counts.tolist(), strict=True)]
         senders.sort(key=lambda s: (-s[1], s[0]))
         return senders[: self._agg.top_senders]
 
@@ -247,7 +299,7 @@ class Aggregator:
         self.prev: Snapshot | None = None
         self._prev_sorted: _Sorted | None = None
         self._prev_raw: bytes | None = None
-        self._groups: tuple = ()
+        self._groups: _Groups | None = None
 
     def update(self, snap: Snapshot) -> Interval:
         prev = self.prev
@@ -269,11 +321,12 @@ class Aggregator:
                 old_count, old_first = cur.previous(prev_s)
             else:
                 old_count = old_first = np.zeros(len(cur), _U64)
-            groups = _target_groups(cur)
+            groups = _Groups(cur)
         self._prev_sorted, self._prev_raw, self._groups = cur, t.raw_keys, groups
         # Absent before: old (0, 0), so the whole count is new either way.
         delta = np.where((old_first == cur.first) & (cur.count >= old_count), cur.count - old_count, cur.count)
-        ifindex, ip, vlan, d, kind, tinv, ntargets = groups
+        g = groups
+        tinv, ntargets, kind = g.tinv, g.ntargets, g.kind
 
         active = delta > 0
         a_idx = np.flatnonzero(active)
@@ -284,7 +337,14 @@ class Aggregator:
             m = a_kind == k
             sums[name] = np.bincount(a_t[m], weights=a_n[m].astype(np.float64), minlength=ntargets).astype(np.int64)
         is_req = a_kind == KIND_REQUEST
-        sums["senders"] = np.bincount(a_t[is_req], minlength=ntargets)
+        if g.pinv is None:  # one entry per (target, sender): entries are the senders
+            req_t, req_peer, req_n = a_t[is_req], g.peer[a_idx[is_req]], a_n[is_req]
+        else:  # a sender with several entries (MACs): sum them into its pair first
+            pd = np.bincount(g.pinv[a_idx[is_req]], weights=a_n[is_req].astype(np.float64),
+                             minlength=len(g.pair_target)).astype(_U64)
+            ap = np.flatnonzero(pd)
+            req_t, req_peer, req_n = g.pair_target[ap], g.pair_peer[ap], pd[ap]
+        sums["senders"] = np.bincount(req_t, minlength=ntargets)
 
         # One representative entry per target for its fields; windows = targets with activity.
         rep = np.zeros(ntargets, dtype=np.int64)
@@ -293,26 +353,26 @@ class Aggregator:
         has[a_t] = True
         w = np.flatnonzero(has)
         rep_w = rep[w]
-        cols = {"ifindex": ifindex[rep_w], "ip": ip[rep_w], "vlan": vlan[rep_w], "dir": d[rep_w]}
+        cols = {"ifindex": g.ifindex[rep_w], "ip": g.ip[rep_w], "vlan": g.vlan[rep_w], "dir": g.d[rep_w]}
         cols.update({k: v[w] for k, v in sums.items()})
-        order = self._order(cols)
+        order = self._order(cols, g.text)
 
-        # Active request entries by their window's final position: the top senders, sorted out lazily.
+        # Active senders by their window's final position: the top senders, sorted out lazily.
         pos_of_target = np.full(ntargets, -1, dtype=np.int64)
         pos_of_target[w[order]] = np.arange(len(w))
-        req_entries = (pos_of_target[a_t[is_req]], cur.w1[a_idx[is_req]] & _U64(0xFFFFFFFF), a_n[is_req])
+        req_entries = (pos_of_target[req_t], req_peer, req_n)
 
         ph = prev.health if prev else {}
         health = {k: v - ph.get(k, 0) for k, v in snap.health.items()}
         live = len(cur)
         return Interval(
-            interval_s=interval_s, windows=WindowList(self, interval_s, cols, order, req_entries), health=health,
-            health_total=dict(snap.health), entries_live=live,
+            interval_s=interval_s, windows=WindowList(self, interval_s, cols, order, req_entries, g.text),
+            health=health, health_total=dict(snap.health), entries_live=live,
             entries_evicted=max(0, snap.health.get("inserts", 0) - live), targets_live=ntargets,
         )
 
     @staticmethod
-    def _order(cols: dict[str, np.ndarray]) -> np.ndarray:
+    def _order(cols: dict[str, np.ndarray], text=ip_text) -> np.ndarray:
         """Busiest first: requests, probes (both descending), then IP (as text), ifindex, direction
         name, VLAN — a total order, so output is stable interval to interval."""
         if not len(cols["requests"]):
@@ -322,7 +382,7 @@ class Aggregator:
         dir_rank[dir_names] = np.arange(len(dir_names), dtype=np.uint64)
         req, probes = cols["requests"], cols["probes"]
         # Three packed u64 keys instead of six: ip text rank (32 bits) + ifindex (32); direction + VLAN.
-        k2 = (_ip_text_rank(cols["ip"]) << _U64(32)) | cols["ifindex"]
+        k2 = (_ip_text_rank(cols["ip"], text) << _U64(32)) | cols["ifindex"]
         k3 = (dir_rank[cols["dir"].astype(np.int64)] << _U64(16)) | cols["vlan"]
         if int(req.max()) < 1 << 32 and int(probes.max()) < 1 << 32:
             top = _U64(0xFFFFFFFF)

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from sensor.kernel import bpfsys
-from sensor.kernel.layout import ARP_KEY, ARP_VAL, health_names
+from sensor.kernel.layout import ARP_KEY, ARP_VAL, ND_KEY, health_names
 from sensor.kernel.reader import pair_totals, target_totals
 from tests.support import frames as F
 
@@ -73,7 +73,8 @@ def req(ip: str, vlan: int = 0, n: int = 1):
 
 def test_struct_layout_matches_bcc(dp):
     """The user-space struct formats mirror bpf/arp_sensor.h exactly (bcc computed these from the C)."""
-    assert ctypes.sizeof(dp.bpf[b"arp_counts"].Key) == ARP_KEY.size
+    assert ctypes.sizeof(dp.bpf[b"arp_counts"].Key) == ARP_KEY.size == 24
+    assert ND_KEY.size == 48  # no map holds one yet: the header's _Static_assert checks the C side
     leaf = dp.bpf[b"arp_counts"].Leaf  # per-CPU: an array of the C struct
     assert ctypes.sizeof(leaf) // bpfsys.possible_cpus() == ARP_VAL.size
     assert ctypes.sizeof(dp.bpf[b"health"].Leaf) // bpfsys.possible_cpus() == 8 * len(health_names())
@@ -217,3 +218,37 @@ def test_mixed_burst_matches_a_tally(dp, reader):
     h1 = reader.read_health()
     got = Counter({k: h1[k] - h0[k] for k in h1 if h1[k] != h0[k] and k != "inserts"})
     assert got == expect
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_key_carries_the_speakers_mac_and_a_mismatch_flag(dp, reader, entry):
+    """Each entry holds the ARP sender hardware address of its frames; a frame whose Ethernet source
+    differs from it (a proxy, a bridge, a spoofer) is its own entry, flagged. Two MACs for one IP are two
+    entries, each counted exactly (issue 16 reads bindings from these)."""
+    from sensor.kernel.layout import KEY_F_MAC_MISMATCH, KIND_REPLY, KIND_REQUEST
+
+    fd = getattr(dp, ENTRY_POINTS[entry][0]).fd
+    d = ENTRY_POINTS[entry][2]
+    a, b, c = F.mac("02:00:00:00:0a:01"), F.mac("02:00:00:00:0a:02"), F.mac("02:00:00:00:0a:03")
+    before = reader.read_entries()
+    own = F.arp_request("198.18.9.1", "198.18.9.2", sha=a)
+    proxied = own[:6] + c + own[12:]  # Ethernet source c, ARP sha a
+    for frame, times in ((own, 3), (proxied, 2), (F.arp_reply("198.18.9.2", "198.18.9.1", sha=b), 1),
+                         (F.arp_reply("198.18.9.2", "198.18.9.1", sha=c), 4)):
+        for _ in range(times):
+            bpfsys.prog_test_run(fd, frame)
+    after = reader.read_entries()
+    got = {}
+    for key, (n, _first) in after.items():
+        _ifindex, ip, peer, _vlan, dd, kind, mac, flags = key
+        if dd == d and n != before.get(key, (0, 0))[0]:
+            got[(ip, peer, kind, mac, flags)] = n - before.get(key, (0, 0))[0]
+    assert got == {
+        ("198.18.9.2", "198.18.9.1", KIND_REQUEST, "02:00:00:00:0a:01", 0): 3,
+        ("198.18.9.2", "198.18.9.1", KIND_REQUEST, "02:00:00:00:0a:01", KEY_F_MAC_MISMATCH): 2,
+        ("198.18.9.2", "0.0.0.0", KIND_REPLY, "02:00:00:00:0a:02", 0): 1,
+        ("198.18.9.2", "0.0.0.0", KIND_REPLY, "02:00:00:00:0a:03", 0): 4,
+    }
+    # The per-pair view still sums a sender over its MACs.
+    assert pair_totals(after)[(1, "198.18.9.1", "198.18.9.2", 0, d)] - \
+        pair_totals(before).get((1, "198.18.9.1", "198.18.9.2", 0, d), 0) == 5

@@ -79,7 +79,7 @@ def test_dropped_requests_are_still_counted(dp, lm, reader):
     before = reader.read_entries()
     run(dp.fn_tc_eg.fd, req(), 4)
     after = reader.read_entries()
-    k = (LO, TARGET, ASKER, 0, DIR_EGRESS, 0)
+    k = (LO, TARGET, ASKER, 0, DIR_EGRESS, 0, "02:00:00:00:00:01", 0)  # frames.arp_request's default MAC
     assert after[k][0] - before.get(k, (0, 0))[0] == 4
 
 
@@ -267,19 +267,16 @@ TARGET6, ASKER6 = "2001:db8::4:7", "2001:db8::4:1"
 
 
 def test_ns_burst_then_drop_and_still_counted(dp, lm, reader):
-    from sensor.kernel.reader import read_nd_entries
-    from tests.support.fixtures_bpf import TEST_MAP_SIZE
-
     key = put(lm, ip=TARGET6, burst=2)
     assert LimitKey.unpack(key.pack()) == key
     h0 = reader.read_health()
-    n0 = read_nd_entries(dp.nd_map_fd, TEST_MAP_SIZE)
+    n0 = reader.read_entries()
     ns = F.neighbour_solicitation(ASKER6, TARGET6)
     assert run(dp.fn_tc_eg.fd, ns, 4) == [TC_ACT_UNSPEC] * 2 + [TC_ACT_SHOT] * 2
     v = lm.get(key)
     assert (v.passed, v.dropped) == (2, 2)
     assert health_delta(reader, h0) == {"ratelimit_dropped": 2}
-    n1 = read_nd_entries(dp.nd_map_fd, TEST_MAP_SIZE)
+    n1 = reader.read_entries()
     moved = {k: c - n0.get(k, (0, 0))[0] for k, (c, _f) in n1.items() if c != n0.get(k, (0, 0))[0]}
     assert [(k[1], k[2], n) for k, n in moved.items()] == [(TARGET6, ASKER6, 4)]  # dropped ones counted too
 

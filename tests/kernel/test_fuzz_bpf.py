@@ -22,9 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.kernel import bpfsys
-from sensor.kernel.reader import MapReader, pair_totals, read_nd_entries, target_totals
+from sensor.kernel.layout import (
+    KEY_F_MAC_MISMATCH,
+    KIND_GRATUITOUS,
+    KIND_PROBE,
+    KIND_REPLY,
+    KIND_REQUEST,
+    header_define,
+)
+from sensor.kernel.reader import MapReader, pair_totals, target_totals
 from tests.support import frames as F
 from tests.support.refparse import ARP_LEN, ND_KINDS, TARGET_FIELD, classify
+from tests.support.refparse import KEY_F_MAC_MISMATCH as REF_MAC_MISMATCH
 
 XDP_PASS, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
 ENTRY_POINTS = {"xdp": ("fn_xdp", XDP_PASS, 0), "tc_in": ("fn_tc_in", TC_ACT_UNSPEC, 0),
@@ -33,6 +42,8 @@ MAP_SIZE = 16384  # far above the keys one batch creates: an eviction would be a
 READ_MAX = 4096
 MIN_FRAMES = 100_000
 KINDS = ("requests", "replies", "gratuitous", "probes")
+KINDS6 = ("solicitations", "advertisements_solicited", "advertisements_unsolicited", "dad")  # same slots, for ND
+KIND_NAMES = {KIND_REQUEST: "request", KIND_REPLY: "reply", KIND_GRATUITOUS: "gratuitous", KIND_PROBE: "probe"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +55,7 @@ def dp():
 
 @pytest.fixture(scope="module")
 def reader(dp):
-    return MapReader(*dp.map_fds, READ_MAX)
+    return MapReader(*dp.map_fds, READ_MAX, nd_fd=dp.nd_map_fd)
 
 
 # -- strategies ---------------------------------------------------------------------------------------
@@ -95,7 +106,10 @@ def arp_frames(draw) -> bytes:
     ethertype = F.ETH_P_ARP
     if draw(st.integers(0, 9)) == 0:  # mutate the ethertype too, now and then
         ethertype = draw(st.sampled_from([F.ETH_P_IP, F.ETH_P_8021Q, 0x8035, 0x0000, 0xFFFF]))
-    frame = F.ethernet(F.BROADCAST, sha, ethertype, bytes(payload), vlans=draw(tags))
+    # Usually the Ethernet source is the sha (a host speaking for itself); sometimes not (a proxy, a bridge,
+    # a spoofer): the key's MAC-mismatch flag.
+    src = sha if draw(st.integers(0, 3)) else draw(st.binary(min_size=6, max_size=6))
+    frame = F.ethernet(F.BROADCAST, src, ethertype, bytes(payload), vlans=draw(tags))
     return draw(tails(frame))
 
 
@@ -190,10 +204,6 @@ class Harness:
             for _ in self.dp.bpf[name].items_lookup_and_delete_batch():
                 pass
         assert not self.reader.read_entries()
-        assert not self.nd_entries()
-
-    def nd_entries(self):
-        return read_nd_entries(self.dp.nd_map_fd, READ_MAX)
 
     def run_batch(self, entry: str, frames: list[bytes]) -> None:
         attr, retval, direction = ENTRY_POINTS[entry]
@@ -202,8 +212,7 @@ class Harness:
         h_start = prev = self.reader.read_health()
         want_targets: dict[tuple[str, int], Counter] = {}
         want_pairs: Counter = Counter()
-        want_entries: set = set()  # one map entry per (ip, peer, vlan, kind)
-        want_nd: Counter = Counter()  # per ND map key (ip, peer, vlan, kind, mac, mismatch)
+        want_entries: Counter = Counter()  # count per map entry (ip, peer, vlan, kind, mac, flags)
         for frame in frames:
             v = classify(frame)
             self.frames += 1
@@ -223,38 +232,36 @@ class Harness:
             assert moved == dict(Counter(v.health)), f"{entry} frame {frame[:64].hex()}: kernel {moved}, reference {v}"
             prev = cur
             self.kinds[v.health[-1] if v.health else "ignored"] += 1
-            if v.kind in ND_KINDS:
-                peer = v.pair[0] if v.pair else "::"
-                want_nd[(v.ip, peer, v.vlan, ND_KINDS.index(v.kind), v.mac, int(v.mac_mismatch))] += 1
-            elif v.kind:
+            if v.kind:
                 want_targets.setdefault((v.ip, v.vlan), Counter())[TARGET_FIELD[v.kind]] += 1
-                want_entries.add((v.ip, v.pair[0] if v.pair else "0.0.0.0", v.vlan, v.kind))
-            if v.pair and v.kind not in ND_KINDS:
+                want_entries[v.entry] += 1
+            if v.pair:
                 want_pairs[(*v.pair, v.vlan)] += 1
 
+        # Both maps, as the reader gives them to the aggregator: IPv6 rows carry ND kinds in the ARP slots.
         entries = self.reader.read_entries()
         got_targets: dict[tuple[str, int], Counter] = {}
         for (_ifindex, ip, vlan, d), val in target_totals(entries).items():
             assert d == direction
-            got_targets[(ip, vlan)] = Counter({k: n for k, n in zip(KINDS, val[:4], strict=True) if n})
+            kinds = KINDS6 if ":" in ip else KINDS
+            got_targets[(ip, vlan)] = Counter({k: n for k, n in zip(kinds, val[:4], strict=True) if n})
         assert got_targets == want_targets
         got_pairs = Counter()
         for (_ifindex, s, t, vlan, d), n in pair_totals(entries).items():
             assert d == direction
             got_pairs[(s, t, vlan)] = n
         assert got_pairs == want_pairs
-        # Every key was created exactly once, and nothing was evicted or refused by the map.
+        # Every key was created exactly once, and nothing was evicted or refused by either map.
         h_end = self.reader.read_health()
         assert len(entries) == len(want_entries)
-        assert h_end["inserts"] - h_start["inserts"] == len(want_entries)
+        got_entries = Counter()
+        for (_ifindex, ip, peer, vlan, _d, kind, mac, flags), (n, _first) in entries.items():
+            got_entries[(ip, peer, vlan, ND_KINDS[kind] if ":" in ip else KIND_NAMES[kind], mac, flags)] += n
+        assert got_entries == want_entries
+        v6 = sum(1 for e in want_entries if ":" in e[0])
+        assert h_end["inserts"] - h_start["inserts"] == len(want_entries) - v6
+        assert h_end["nd_inserts"] - h_start["nd_inserts"] == v6
         assert h_end["insert_fail"] == h_start["insert_fail"]
-        # The ND map: exactly the reference's tally per key, each key created once.
-        got_nd = Counter()
-        for (_ifindex, ip, peer, vlan, d, kind, mac, flags), (n, _first) in self.nd_entries().items():
-            assert d == direction
-            got_nd[(ip, peer, vlan, kind, mac, flags)] = n
-        assert got_nd == want_nd
-        assert h_end["nd_inserts"] - h_start["nd_inserts"] == len(want_nd)
         assert h_end["nd_insert_fail"] == h_start["nd_insert_fail"]
 
 
@@ -363,7 +370,13 @@ def test_reference_parser_on_known_frames():
     assert classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", vlans=qinq)).vlan == 9
     assert classify(F.icmpv6_echo()).health == () and classify(F.ipv6_udp()).health == ()
     spoofed = classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", lladdr=b"\x02" * 6))
-    assert spoofed.mac == b"\x02" * 6 and spoofed.mac_mismatch
+    assert (spoofed.mac, spoofed.flags) == ("02:02:02:02:02:02", REF_MAC_MISMATCH)
+    # The key's MAC is the ARP sha; the flag says the Ethernet source differs from it.
+    req = F.arp_request("198.18.0.1", "198.18.0.2", sha=F.mac("02:00:00:00:00:aa"))
+    assert (classify(req).mac, classify(req).flags) == ("02:00:00:00:00:aa", 0)
+    proxied = req[:6] + F.mac("02:00:00:00:00:bb") + req[12:]
+    assert (classify(proxied).mac, classify(proxied).flags) == ("02:00:00:00:00:aa", REF_MAC_MISMATCH)
+    assert REF_MAC_MISMATCH == KEY_F_MAC_MISMATCH == header_define("KEY_F_MAC_MISMATCH")
 
 
 def test_batch_read_always_reaches_the_end_of_the_map(dp, reader):

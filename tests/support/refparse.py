@@ -20,27 +20,30 @@ The rules, in order:
 8. op 1: `request`, keyed by the target IP, plus one (sender, target) pair.
 9. op 2: `reply`, keyed by the sender IP (the address that answered).
 Exactly one of malformed / other_op / probe / gratuitous / request / reply per ARP frame.
+10. Every counted frame's key carries the ARP sender hardware address (sha, bytes 8-13 of the ARP
+    header) as `mac`, and flag KEY_F_MAC_MISMATCH (1) when the Ethernet source (bytes 6-11 of the
+    frame) differs from it.
 
 IPv6 neighbour discovery (RFC 4861), after the same tag walk (steps 1-2; the VLAN rules are shared):
-10. Ethertype IPv6 (0x86DD) with fewer than 40 bytes of IPv6 header counts nothing (it cannot be known
+11. Ethertype IPv6 (0x86DD) with fewer than 40 bytes of IPv6 header counts nothing (it cannot be known
     to be ND).
-11. Next header 58 (ICMPv6) goes to step 12. A next header that is an IPv6 extension header (0, 43, 44,
+12. Next header 58 (ICMPv6) goes to step 13. A next header that is an IPv6 extension header (0, 43, 44,
     50, 51, 60, 135, 139, 140, 253, 254) counts `nd_ext_hdr` and nothing else: the chain is NOT walked,
     so an ND message behind an extension header is never counted as one (it is only made visible).
     Any other next header counts nothing.
-12. No ICMPv6 type byte, or a type other than 135 (NS) or 136 (NA): nothing.
-13. Every frame reaching here counts `nd`. Fewer than 24 bytes of ICMPv6 message (type, code, checksum,
+13. No ICMPv6 type byte, or a type other than 135 (NS) or 136 (NA): nothing.
+14. Every frame reaching here counts `nd`. Fewer than 24 bytes of ICMPv6 message (type, code, checksum,
     flags/reserved, target), an IPv6 version other than 6, ICMPv6 code != 0 or IPv6 hop limit != 255
     counts `nd_malformed` and nothing else (RFC 4861 7.1.1/7.1.2). Bytes after the 24 are only read
-    for the first option (step 15); the IPv6 payload length and the checksum are not checked.
-14. The key's address is always the target from the message body, never the IPv6 destination:
+    for the first option (step 16); the IPv6 payload length and the checksum are not checked.
+15. The key's address is always the target from the message body, never the IPv6 destination:
     - NS with IPv6 source `::` (duplicate address detection): `nd_dad`, no asker.
     - other NS: `nd_solicit`, plus one (IPv6 source, target) pair.
     - NA with the S (solicited) flag: `nd_advert_solicited`; without it: `nd_advert_unsolicited`.
-15. The key's MAC: when the FIRST option right after the 24 bytes is the source link-layer address
+16. The key's MAC: when the FIRST option right after the 24 bytes is the source link-layer address
     option (type 1, NS) or target link-layer address option (type 2, NA) of length 1 (8 bytes, all in
-    the frame), its address; else the Ethernet source. `mac_mismatch` when that option is present and
-    differs from the Ethernet source. Later options are not walked.
+    the frame), its address; else the Ethernet source. Flag KEY_F_MAC_MISMATCH when that option is
+    present and differs from the Ethernet source. Later options are not walked.
 Exactly one of nd_malformed / nd_dad / nd_solicit / nd_advert_solicited / nd_advert_unsolicited per
 frame that counts `nd`.
 """
@@ -61,6 +64,7 @@ ND_NS, ND_NA = 135, 136
 NA_FLAG_SOLICITED = 0x40
 # IANA "IPv6 Extension Header Types" (RFC 8200 section 4 and later): next headers the kernel does not walk.
 IPV6_EXT_HEADERS = frozenset({0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254})
+KEY_F_MAC_MISMATCH = 1  # bpf/arp_sensor.h (tests/kernel/test_fuzz_bpf.py checks the two agree)
 
 # Per-target counter each kind bumps (target_val member), for the kinds that have a target.
 TARGET_FIELD = {"request": "requests", "reply": "replies", "gratuitous": "gratuitous", "probe": "probes",
@@ -78,12 +82,20 @@ class Verdict:
     ip: str | None = None  # the target map key's IP (dotted quad, or RFC 5952 for ND)
     vlan: int = 0
     pair: tuple[str, str] | None = None  # (sender, target) for ARP requests and ND solicitations
-    mac: bytes | None = None  # ND: the key's MAC (link-layer option, else Ethernet source)
-    mac_mismatch: bool = False  # ND: a link-layer option that differs from the Ethernet source
+    mac: str | None = None  # the key's MAC ("aa:bb:cc:dd:ee:ff"), when a target is counted: ARP sha, ND option
+    flags: int = 0  # the key's KEY_F_* bits
 
     @property
     def family(self) -> int:
         return 6 if self.kind in ND_KINDS else 4
+
+    @property
+    def entry(self) -> tuple[str, str, int, str, str, int] | None:
+        """The map entry the frame is counted in: (ip, peer, vlan, kind, mac, flags)."""
+        if self.kind is None:
+            return None
+        none = "::" if self.family == 6 else "0.0.0.0"
+        return (self.ip, self.pair[0] if self.pair else none, self.vlan, self.kind, self.mac, self.flags)
 
     @property
     def refused(self) -> bool:
@@ -133,17 +145,19 @@ def classify(frame: bytes, skb_vlan: int | None = None) -> Verdict:
     if op not in (1, 2):
         return Verdict(("arp", "other_op"), vlan=vlan)
     ntoa = socket.inet_ntoa
+    sha = arp[8:14]
+    key = {"mac": sha.hex(":"), "flags": KEY_F_MAC_MISMATCH if frame[6:12] != sha else 0}
     if op == 1 and spa == b"\0\0\0\0":
-        return Verdict(("arp", "probe"), "probe", ntoa(tpa), vlan)
+        return Verdict(("arp", "probe"), "probe", ntoa(tpa), vlan, **key)
     if spa == tpa:
-        return Verdict(("arp", "gratuitous"), "gratuitous", ntoa(spa), vlan)
+        return Verdict(("arp", "gratuitous"), "gratuitous", ntoa(spa), vlan, **key)
     if op == 1:
-        return Verdict(("arp", "request"), "request", ntoa(tpa), vlan, (ntoa(spa), ntoa(tpa)))
-    return Verdict(("arp", "reply"), "reply", ntoa(spa), vlan)
+        return Verdict(("arp", "request"), "request", ntoa(tpa), vlan, (ntoa(spa), ntoa(tpa)), **key)
+    return Verdict(("arp", "reply"), "reply", ntoa(spa), vlan, **key)
 
 
 def _classify_nd(frame: bytes, pos: int, vlan: int) -> Verdict:
-    """Steps 10-15: the IPv6 header starts at pos."""
+    """Steps 11-16: the IPv6 header starts at pos."""
     ip6 = frame[pos:pos + IPV6_LEN]
     if len(ip6) < IPV6_LEN:
         return NOTHING
@@ -158,19 +172,19 @@ def _classify_nd(frame: bytes, pos: int, vlan: int) -> Verdict:
     eth_src = frame[6:12]
     opt = frame[pos + IPV6_LEN + ND_LEN:pos + IPV6_LEN + ND_LEN + 8]
     if len(opt) == 8 and opt[0] == (1 if ns else 2) and opt[1] == 1:
-        mac, mismatch = opt[2:8], opt[2:8] != eth_src
+        key = {"mac": opt[2:8].hex(":"), "flags": KEY_F_MAC_MISMATCH if opt[2:8] != eth_src else 0}
     else:
-        mac, mismatch = eth_src, False
+        key = {"mac": eth_src.hex(":"), "flags": 0}
     ntop = _ntop6
     target = ntop(icmp[8:24])
     src = ip6[8:24]
     if ns and src == bytes(16):
-        return Verdict(("nd", "nd_dad"), "ns_dad", target, vlan, None, mac, mismatch)
+        return Verdict(("nd", "nd_dad"), "ns_dad", target, vlan, **key)
     if ns:
-        return Verdict(("nd", "nd_solicit"), "ns", target, vlan, (ntop(src), target), mac, mismatch)
+        return Verdict(("nd", "nd_solicit"), "ns", target, vlan, (ntop(src), target), **key)
     if icmp[4] & NA_FLAG_SOLICITED:
-        return Verdict(("nd", "nd_advert_solicited"), "na_solicited", target, vlan, None, mac, mismatch)
-    return Verdict(("nd", "nd_advert_unsolicited"), "na_unsolicited", target, vlan, None, mac, mismatch)
+        return Verdict(("nd", "nd_advert_solicited"), "na_solicited", target, vlan, **key)
+    return Verdict(("nd", "nd_advert_unsolicited"), "na_unsolicited", target, vlan, **key)
 
 
 def _ntop6(addr: bytes) -> str:

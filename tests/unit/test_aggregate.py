@@ -8,6 +8,7 @@ from sensor.pipeline.aggregate import Aggregator, select
 
 T = "198.18.0.7"
 Z = "0.0.0.0"
+M = "02:00:00:00:00:01"
 
 
 def snap(mono: float, entries=None, health=None) -> Snapshot:
@@ -15,14 +16,14 @@ def snap(mono: float, entries=None, health=None) -> Snapshot:
 
 
 def req(sender: str, target: str = T, ifindex: int = 3, vlan: int = 0, d: int = 0):
-    return (ifindex, target, sender, vlan, d, KIND_REQUEST)
+    return (ifindex, target, sender, vlan, d, KIND_REQUEST, M, 0)
 
 
 def test_first_interval_counts_everything_since_attach():
     agg = Aggregator({3: "eth0"})
     agg.update(snap(0.0))
     iv = agg.update(snap(1.0, {req("198.18.0.1"): (3, 1), req("198.18.0.2"): (2, 1),
-                               (3, T, Z, 0, 0, KIND_REPLY): (1, 1)},
+                               (3, T, Z, 0, 0, KIND_REPLY, M, 0): (1, 1)},
                          {"request": 5, "inserts": 3}))
     [w] = iv.windows
     assert (w.key.ip, w.key.direction, w.interface, w.requests, w.replies, w.senders) == (T, "ingress", "eth0", 5, 1, 2)
@@ -34,8 +35,8 @@ def test_first_interval_counts_everything_since_attach():
 
 def test_deltas_between_intervals():
     agg = Aggregator({3: "eth0"})
-    agg.update(snap(0.0, {req("198.18.0.1", d=1): (5, 111), (3, T, Z, 0, 1, KIND_PROBE): (1, 5)}))
-    iv = agg.update(snap(2.0, {req("198.18.0.1", d=1): (9, 111), (3, T, Z, 0, 1, KIND_PROBE): (3, 5)}))
+    agg.update(snap(0.0, {req("198.18.0.1", d=1): (5, 111), (3, T, Z, 0, 1, KIND_PROBE, M, 0): (1, 5)}))
+    iv = agg.update(snap(2.0, {req("198.18.0.1", d=1): (9, 111), (3, T, Z, 0, 1, KIND_PROBE, M, 0): (3, 5)}))
     [w] = iv.windows
     assert (w.requests, w.replies, w.probes, w.key.direction) == (4, 0, 2, "egress")
     assert w.requests_per_sec == 2.0
@@ -69,7 +70,7 @@ def test_kinds_vlans_and_directions_are_kept_apart():
     agg = Aggregator({})
     agg.update(snap(0.0))
     iv = agg.update(snap(1.0, {req("198.18.0.1"): (1, 1), req("198.18.0.1", vlan=100): (2, 1),
-                               req("198.18.0.1", d=1): (3, 1), (3, T, Z, 0, 0, KIND_GRATUITOUS): (7, 1)}))
+                               req("198.18.0.1", d=1): (3, 1), (3, T, Z, 0, 0, KIND_GRATUITOUS, M, 0): (7, 1)}))
     got = {(w.key.vlan, w.key.direction): (w.requests, w.gratuitous) for w in iv.windows}
     assert got == {(0, "ingress"): (1, 7), (100, "ingress"): (2, 0), (0, "egress"): (3, 0)}
     assert [w.requests for w in iv.windows] == [3, 2, 1]  # busiest first
@@ -79,7 +80,7 @@ def test_select_bounds_the_volume():
     agg = Aggregator({})
     agg.update(snap(0.0))
     entries = {req("198.18.0.1", target=f"198.18.1.{i}"): (i, 1) for i in range(1, 30)}
-    entries[(3, "198.18.2.1", Z, 0, 0, KIND_REPLY)] = (4, 1)
+    entries[(3, "198.18.2.1", Z, 0, 0, KIND_REPLY, M, 0)] = (4, 1)
     iv = agg.update(snap(1.0, entries))
     assert [w.requests for w in select(iv.windows, top=5, min_requests=1)] == [29, 28, 27, 26, 25]
     assert len(select(iv.windows, top=0, min_requests=25)) == 5

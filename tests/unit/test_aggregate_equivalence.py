@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor.kernel.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
+from sensor.kernel.layout import DIRECTIONS, KEY_F_MAC_MISMATCH, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
 from sensor.kernel.reader import EntryTable, Snapshot
 from sensor.model import TargetWindow, WindowKey
 from sensor.pipeline.aggregate import Aggregator, select
@@ -20,7 +20,7 @@ def reference(prev: Snapshot | None, snap: Snapshot, ifnames: dict[int, str], to
     acc: dict[tuple[int, str, int, int], list] = {}
     targets = set()
     for key, (count, first) in snap.entries.items():
-        ifindex, ip, peer, vlan, d, kind = key
+        ifindex, ip, peer, vlan, d, kind, _mac, _flags = key
         tkey = (ifindex, ip, vlan, d)
         targets.add(tkey)
         old = pe.get(key)
@@ -53,18 +53,21 @@ def reference(prev: Snapshot | None, snap: Snapshot, ifnames: dict[int, str], to
 # Few distinct values, so keys collide across snapshots and ties in the ordering are common; IPs whose
 # text order differs from their numeric order ("198.18.0.10" < "198.18.0.9").
 IPS = ["198.18.0.9", "198.18.0.10", "198.18.0.100", "198.18.1.2", "198.19.255.1", "198.18.0.1"]
+# Two MACs (and a mismatch flag) for one key: one sender with several entries is still one sender.
+MACS = ["02:00:00:00:00:01", "02:00:00:00:00:01", "02:00:00:00:00:02", "ff:ee:dd:cc:bb:aa"]
 PEERS = ["198.18.0.1", "198.18.0.2", "198.18.0.20", "198.18.0.3", "198.18.5.5", "198.18.0.11", "198.18.0.12"]
 key_st = st.tuples(st.sampled_from([2, 3, 700000]), st.sampled_from(IPS), st.sampled_from(PEERS),
                    st.sampled_from([0, 0, 100, 4095]), st.sampled_from([0, 1]),
-                   st.sampled_from([KIND_REQUEST, KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE]))
+                   st.sampled_from([KIND_REQUEST, KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE]),
+                   st.sampled_from(MACS), st.sampled_from([0, 0, KEY_F_MAC_MISMATCH]))
 val_st = st.tuples(st.integers(0, 60), st.sampled_from([1, 2, 3]))
 snap_st = st.dictionaries(key_st, val_st, max_size=40)
 
 
 def _normalise(entries):
     # The kernel keys non-request kinds with peer 0.0.0.0; keep the generated data realistic.
-    return {(i, ip, peer if kind == KIND_REQUEST else "0.0.0.0", v, d, kind): val
-            for (i, ip, peer, v, d, kind), val in entries.items()}
+    return {(i, ip, peer if kind == KIND_REQUEST else "0.0.0.0", v, d, kind, mac, flags): val
+            for (i, ip, peer, v, d, kind, mac, flags), val in entries.items()}
 
 
 # Large generated snapshots are the point here, not a smell: don't let hypothesis give up on them.
@@ -94,19 +97,23 @@ def test_vectorised_aggregator_matches_the_per_entry_algorithm(seq, top_senders)
 
 
 def test_table_round_trip():
-    entries = {(3, "198.18.0.7", "198.18.0.1", 100, 1, KIND_REQUEST): (5, 123456789012),
-               (2, "198.19.255.254", "0.0.0.0", 0, 0, KIND_REPLY): (2**40, 1)}
+    entries = {(3, "198.18.0.7", "198.18.0.1", 100, 1, KIND_REQUEST, "02:00:00:00:00:01", 0): (5, 123456789012),
+               (3, "198.18.0.7", "198.18.0.1", 100, 1, KIND_REQUEST, "02:00:00:00:00:09", KEY_F_MAC_MISMATCH): (1, 2),
+               (2, "198.19.255.254", "0.0.0.0", 0, 0, KIND_REPLY, "ff:ee:dd:cc:bb:aa", 0): (2**40, 1),
+               (2, "2001:db8::1", "2001:db8::2", 0, 0, KIND_REQUEST, "02:00:00:00:00:01", 0): (3, 4)}
     assert EntryTable.from_entries(entries).to_entries() == entries
 
 
 big_key_st = st.tuples(st.sampled_from([2, 3]), st.integers(0, 400).map(lambda i: f"198.18.{i // 250}.{i % 250}"),
                        st.integers(1, 30).map(lambda i: f"198.19.0.{i}"), st.sampled_from([0, 7]),
-                       st.sampled_from([0, 1]), st.sampled_from([KIND_REQUEST, KIND_REQUEST, KIND_REPLY, KIND_PROBE]))
+                       st.sampled_from([0, 1]), st.sampled_from([KIND_REQUEST, KIND_REQUEST, KIND_REPLY, KIND_PROBE]),
+                       st.sampled_from(MACS), st.sampled_from([0, KEY_F_MAC_MISMATCH]))
 big_snap_st = st.dictionaries(big_key_st, st.tuples(st.integers(0, 9), st.sampled_from([1, 2])),
                               min_size=100, max_size=250)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow,
+                                                               HealthCheck.large_base_example])
 @given(st.lists(big_snap_st, min_size=2, max_size=3), st.booleans())
 def test_many_windows_built_in_bulk_or_one_by_one(seq, walk):
     """More than 64 windows: iteration builds them in bulk, indexing one by one; both as the reference."""
