@@ -28,6 +28,13 @@ def family(ip: str) -> tuple[str, str]:
     return ("nd", "ipv6") if ":" in ip else ("arp", "ipv4")
 
 
+def wire_words(ip: str) -> tuple[str, str, str]:
+    """(protocol, its requests, its answers) for messages about ip: ARP, or IPv6 neighbour discovery."""
+    if ":" in ip:
+        return "neighbour discovery", "neighbour solicitations", "neighbour advertisements"
+    return "ARP", "ARP requests", "ARP replies"
+
+
 def counts_section(ev: Event, ip: str, counts: dict[str, Any]) -> None:
     """Puts `counts` (ARP names) under ev["arp"] or, for an IPv6 address, ev["nd"] renamed; sets
     network.type. The one place the two families' event shapes differ."""
