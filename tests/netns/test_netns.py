@@ -137,10 +137,10 @@ def test_after_kill_9_the_next_run_cleans_up_and_detach_works(veth_pair, sensor)
     crashed = sensor(ns, ["-i", dev])
     crashed.kill()  # SIGKILL: no chance to detach
     left = attached_programs(ns, dev)
-    assert left["xdp"] and len(left["egress"]) == 3
+    assert left["xdp"] and len(left["egress"]) == 4
     s = sensor(ns, ["-i", dev, "--duration", "1"])
     progs = attached_programs(ns, dev)
-    assert len(progs["xdp"]) == 1 and len(progs["egress"]) == 3  # replaced, not doubled
+    assert len(progs["xdp"]) == 1 and len(progs["egress"]) == 4  # replaced, not doubled
     assert s.finish() == 0
     assert "removed a stale arp-sensor XDP program" in s.stderr
     assert_nothing_attached(ns, dev)
