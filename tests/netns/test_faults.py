@@ -21,9 +21,12 @@ NOTHING = {"xdp": [], "ingress": [], "egress": []}
 
 
 def requests_by(events) -> dict:
-    """Requests summed per (direction, target IP, interface name) over all target events."""
+    """ARP requests summed per (direction, target IP, interface name) over all target events (IPv6 targets,
+    from the namespaces' own neighbour discovery, are not what these tests send)."""
     got: dict = defaultdict(int)
     for e in events:
+        if "arp" not in e:
+            continue
         d = e["network"]["direction"]
         name = e["observer"][d]["interface"]["name"]
         got[(d, e["destination"]["ip"], name)] += e["arp"]["requests"]

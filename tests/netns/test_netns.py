@@ -16,8 +16,11 @@ VLAN, QINQ = F.ETH_P_8021Q, F.ETH_P_8021AD
 
 
 def summed_requests(events) -> dict:
+    """ARP requests per (direction, target, VLAN); IPv6 targets (nd.*) are summed_solicitations' business."""
     got: dict = defaultdict(int)
     for e in events:
+        if "arp" not in e:
+            continue
         vlan = int(e.get("network", {}).get("vlan", {}).get("id", 0))
         got[(e["network"]["direction"], e["destination"]["ip"], vlan)] += e["arp"]["requests"]
     return {k: v for k, v in got.items() if v}  # probe-only targets are events with 0 requests
