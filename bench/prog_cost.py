@@ -29,15 +29,18 @@ FRAMES = {
     "ARP request": F.arp_request("198.18.0.1", "198.18.0.7"),
     "ARP reply": F.arp_reply("198.18.0.7", "198.18.0.1"),
     "ARP request, 802.1Q": F.arp_request("198.18.0.1", "198.18.0.7", vlans=[(F.ETH_P_8021Q, 100)]),
+    # IPv6 neighbour discovery (issue 17): its own map, so the ARP fill does not matter to it
+    "IPv6 NS (ND)": F.neighbour_solicitation("2001:db8::1", "2001:db8::7"),
+    "IPv6 ICMPv6 echo (non-ARP, non-ND)": F.icmpv6_echo(),
 }
-ARP_FRAMES = [f for f in FRAMES if "non-ARP" not in f]
+ARP_FRAMES = [f for f in FRAMES if "non-ARP" not in f and "(ND)" not in f]
 # The rate-limit path (docs/ratelimit.md), measured with the "ARP request" frame at the smallest fill.
 # Kept out of the verdicts: a limit entry is hit only by requests for a limited (dead) target.
 LIMIT_EMPTY = "ARP request, limits map empty"
 LIMIT_OTHER = "ARP request, 64 limits for other targets"
 LIMIT_HIT = "ARP request, limit entry hit"
 LIMIT_ROWS = (LIMIT_EMPTY, LIMIT_OTHER, LIMIT_HIT)
-TARGETS = {"non-ARP": 1.05, "ARP": 1.5}
+TARGETS = {"non-ARP": 1.05, "ARP": 1.5, "ND": 1.5}  # ND: no target of its own; held to the ARP path's
 FILLS = (1, 10_000, 100_000)
 
 # The ARP-request path rebuilt step by step, and the alternatives. Each is a complete XDP program; the
@@ -416,7 +419,7 @@ def render(rows: list[dict], variants: list[dict], repeat: int, runs: int, vfill
     ]
     body = []
     for r in rows:
-        kind = "non-ARP" if "non-ARP" in r["frame"] else "ARP"
+        kind = "non-ARP" if "non-ARP" in r["frame"] else "ND" if "(ND)" in r["frame"] else "ARP"
         verdict = ""
         if r.get("limit"):
             verdict = "rate-limit path, not judged" if r["program"] == "arp-sensor XDP" else ""
@@ -442,7 +445,7 @@ def summary(rows: list[dict]) -> list[str]:
     out = ["**Verdicts** (arp-sensor XDP, worst case over the fills):", ""]
     for kind, target in TARGETS.items():
         mine = [r for r in rows if r["program"] == "arp-sensor XDP" and not r.get("limit")
-                and ("non-ARP" in r["frame"]) == (kind == "non-ARP")]
+                and ("non-ARP" in r["frame"]) == (kind == "non-ARP") and ("(ND)" in r["frame"]) == (kind == "ND")]
         if not mine:
             continue
         worst = max(mine, key=lambda r: r["ratio"])

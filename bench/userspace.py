@@ -97,7 +97,7 @@ def child(n: int, shape: str, intervals: int, with_perf: bool = False) -> dict:
     # As a user would size it: the default map, or the next power of two with 25% headroom.
     max_entries = max(DEFAULT_MAX_ENTRIES, 1 << (n * 5 // 4 - 1).bit_length())
     dp = Datapath(max_entries=max_entries)
-    reader = MapReader(*dp.map_fds, max_entries)
+    reader = MapReader(*dp.map_fds, max_entries, nd_fd=dp.nd_map_fd)
     agg = Aggregator({1: "lo"})
     frames = frames_for(n, senders)
     fd = dp.fn_xdp.fd

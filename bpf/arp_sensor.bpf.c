@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* arp-sensor kernel program (compiled by bcc). One parser, three entry points:
+/* arp-sensor kernel program (compiled by bcc). One parser for ARP and IPv6 neighbour discovery, three
+ * entry points:
  *   arpsensor_xdp     XDP, ingress
  *   arpsensor_tc_in   tc clsact ingress
  *   arpsensor_tc_eg   tc clsact egress
@@ -18,6 +19,17 @@
 #define ETH_P_IP_BE 0x0008      /* htons(ETH_P_IP) */
 #define ARPOP_REQUEST 1
 #define ARPOP_REPLY 2
+#define IPPROTO_ICMPV6_ 58
+#define ND_NEIGHBOUR_SOLICIT 135
+#define ND_NEIGHBOUR_ADVERT 136
+#define ND_OPT_SOURCE_LL 1
+#define ND_OPT_TARGET_LL 2
+#define NA_FLAG_SOLICITED 0x40
+
+/* What find_l3 found. */
+#define FRAME_OTHER 0
+#define FRAME_ARP 1
+#define FRAME_IPV6 2
 
 struct hdr_cursor {
 	void *pos;
@@ -42,7 +54,37 @@ struct arp_eth_ipv4 {
 	__u8 tpa[4];
 };
 
+/* IPv6 header with 16-bit members: the header sits at offset 14 (+4 per tag), so its addresses are only
+ * 2-byte aligned; copying them as halfwords is safe where unaligned 4-byte loads are not. */
+struct ipv6_hdr_s {
+	__u8 ver_tc;     /* version in the high nibble */
+	__u8 tc_flow[3];
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u16 saddr[8];
+	__u16 daddr[8];
+};
+
+/* NS and NA (RFC 4861 4.3, 4.4): 24 bytes, options follow. */
+struct nd_msg_s {
+	__u8 type;
+	__u8 code;
+	__be16 cksum;
+	__u8 flags;      /* NA: R, S, O; NS: reserved */
+	__u8 reserved[3];
+	__u16 target[8];
+};
+
+/* A link-layer address option of length 1 (8 bytes). */
+struct nd_opt_ll_s {
+	__u8 type;
+	__u8 len;
+	__u8 addr[6];
+};
+
 BPF_TABLE("lru_percpu_hash", struct arp_key, struct arp_val, arp_counts, ARP_SENSOR_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct nd_key, struct arp_val, nd_counts, ARP_SENSOR_MAX_ENTRIES);
 BPF_PERCPU_ARRAY(health, struct health_counters, 1);
 BPF_HASH(limits, struct limit_key, struct limit_val, ARP_SENSOR_MAX_LIMITS);
 BPF_ARRAY(limits_active, struct limits_active, 1);
@@ -86,6 +128,29 @@ static __always_inline void count(struct arp_key *key, struct health_counters *h
 		h->insert_fail += 1;
 }
 
+/* count() for the ND map. */
+static __always_inline void count_nd(struct nd_key *key, struct health_counters *h)
+{
+	struct arp_val *v = nd_counts.lookup(key);
+
+	if (v) {
+		v->count += 1;
+		return;
+	}
+	struct arp_val init = {};
+	init.count = 1;
+	init.first_seen_ns = bpf_ktime_get_ns();
+	if (nd_counts.insert(key, &init) == 0) { /* BPF_NOEXIST, as count() */
+		h->nd_inserts += 1;
+		return;
+	}
+	v = nd_counts.lookup(key); /* -EEXIST: another CPU created it */
+	if (v)
+		v->count += 1;
+	else
+		h->nd_insert_fail += 1;
+}
+
 /* Skips at most VLAN_MAX_DEPTH tags. *vlan gets the outermost VID unless the caller already knows it
  * (tc: the outer tag may have been moved to skb metadata). Returns the inner ethertype, or 0 when the
  * frame ends inside a tag (runt) or has too many tags. */
@@ -122,22 +187,21 @@ static __always_inline __u16 parse_vlans(struct hdr_cursor *nh, void *data_end, 
 	return h_proto;
 }
 
-/* Token bucket for a request to k->ip; returns 1 to drop. See struct limit_val for the arithmetic
- * and the locking choice. Everything before the hash lookup is one array read: hosts without limits
- * (the default) pay only that, and only for ARP requests. */
-static __always_inline int limit_request(struct arp_key *k, struct health_counters *h)
+/* Whether any limit exists: one array read, all that hosts without limits (the default) pay, and only
+ * for ARP requests and neighbour solicitations. */
+static __always_inline int limits_on(void)
 {
 	__u32 zero = 0;
 	struct limits_active *active = limits_active.lookup(&zero);
 
-	if (!active || active->count == 0)
-		return 0;
-	struct limit_key lk = {};
+	return active && active->count != 0;
+}
 
-	lk.ifindex = k->ifindex;
-	lk.ip = k->ip;
-	lk.dir = k->dir;
-	struct limit_val *l = limits.lookup(&lk);
+/* Token bucket of the entry for lk, if any; returns 1 to drop. See struct limit_val for the arithmetic
+ * and the locking choice. */
+static __always_inline int limit_take(struct limit_key *lk, struct health_counters *h)
+{
+	struct limit_val *l = limits.lookup(lk);
 
 	if (!l)
 		return 0;
@@ -177,6 +241,34 @@ static __always_inline int limit_request(struct arp_key *k, struct health_counte
 	return drop;
 }
 
+/* An ARP request to k->ip; returns 1 to drop. */
+static __always_inline int limit_request(struct arp_key *k, struct health_counters *h)
+{
+	if (!limits_on())
+		return 0;
+	struct limit_key lk = {};
+
+	lk.ifindex = k->ifindex;
+	lk.dir = k->dir;
+	lk.family = LIMIT_FAMILY_IPV4;
+	__builtin_memcpy(lk.ip, &k->ip, 4);
+	return limit_take(&lk, h);
+}
+
+/* A neighbour solicitation (never DAD) for k->ip; returns 1 to drop. */
+static __always_inline int limit_solicit(struct nd_key *k, struct health_counters *h)
+{
+	if (!limits_on())
+		return 0;
+	struct limit_key lk = {};
+
+	lk.ifindex = k->ifindex;
+	lk.dir = k->dir;
+	lk.family = LIMIT_FAMILY_IPV6;
+	__builtin_memcpy(lk.ip, k->ip, 16);
+	return limit_take(&lk, h);
+}
+
 /* Counts the frame; returns 1 when a rate limit says drop it (ARP requests only). */
 static __always_inline int handle_arp(struct hdr_cursor *nh, void *data, void *data_end, __u32 ifindex,
 				      __u8 dir, __u16 vlan)
@@ -211,7 +303,7 @@ static __always_inline int handle_arp(struct hdr_cursor *nh, void *data, void *d
 	k.vlan = vlan;
 	k.dir = dir;
 	/* The MAC that speaks in this frame, and whether the Ethernet source agrees (a mismatch is a proxy,
-	 * a bridge rewriting, or a spoofer). find_arp checked the Ethernet header is in the frame.
+	 * a bridge rewriting, or a spoofer). find_l3 checked the Ethernet header is in the frame.
 	 * Both MACs sit at even offsets (Ethernet source at 6, sha at 22 + 4 per tag): three 16-bit loads
 	 * each, no byte loop. */
 	const __u16 *sha = (const __u16 *)arp->sha;
@@ -254,25 +346,131 @@ static __always_inline int handle_arp(struct hdr_cursor *nh, void *data, void *d
 	return 0;
 }
 
-/* Moves the cursor to the ARP header and returns 1 if the frame is ARP (after at most two VLAN tags). */
-static __always_inline int find_arp(struct hdr_cursor *nh, void *data_end, __u16 *vlan, int have_vlan)
+/* IPv6 extension headers (IANA registry): not walked, see handle_nd. One shift and mask for the six
+ * below 64 (0 hop-by-hop, 43 routing, 44 fragment, 50 ESP, 51 AH, 60 destination options). */
+static __always_inline int ipv6_is_ext_hdr(__u8 nh)
+{
+	const __u64 low = (1ULL << 0) | (1ULL << 43) | (1ULL << 44) | (1ULL << 50) | (1ULL << 51) | (1ULL << 60);
+
+	if (nh < 64)
+		return (low >> nh) & 1;
+	return nh == 135 || nh == 139 || nh == 140 || nh == 253 || nh == 254;
+}
+
+/* Counts an NS or NA (the cursor is at the IPv6 header); returns 1 when a rate limit says drop it.
+ * Rules (sensor/refparse.py is the reference): next header 58 directly, ICMPv6 type 135/136, then 24
+ * bytes present, version 6, code 0, hop limit 255, else nd_malformed. Extension headers before ICMPv6
+ * are not walked (counted nd_ext_hdr): ND is link-local and Linux, BIRD's hosts and routers send it
+ * without any; walking a chain would cost every IPv6 frame a loop. An IPv6 frame that is not ND leaves
+ * after the next-header and type compares, touching no map. */
+static __always_inline int handle_nd(struct hdr_cursor *nh, void *data_end, struct ethhdr *eth, __u32 ifindex,
+				     __u8 dir, __u16 vlan)
+{
+	struct ipv6_hdr_s *ip6 = nh->pos;
+
+	if ((void *)(ip6 + 1) > data_end) /* cannot be known to be ND */
+		return 0;
+	if (ip6->nexthdr != IPPROTO_ICMPV6_) {
+		if (ipv6_is_ext_hdr(ip6->nexthdr)) {
+			struct health_counters *h = health_get();
+
+			if (h)
+				h->nd_ext_hdr += 1;
+		}
+		return 0;
+	}
+	struct nd_msg_s *nd = (void *)(ip6 + 1);
+
+	if ((void *)&nd->code > data_end) /* not even the type byte */
+		return 0;
+	if (nd->type != ND_NEIGHBOUR_SOLICIT && nd->type != ND_NEIGHBOUR_ADVERT)
+		return 0;
+	struct health_counters *h = health_get();
+
+	if (!h)
+		return 0;
+	h->nd += 1;
+	if ((void *)(nd + 1) > data_end || (ip6->ver_tc >> 4) != 6 || nd->code != 0 || ip6->hop_limit != 255) {
+		h->nd_malformed += 1;
+		return 0;
+	}
+	int ns = nd->type == ND_NEIGHBOUR_SOLICIT;
+	struct nd_key k = {};
+
+	k.ifindex = ifindex;
+	k.vlan = vlan;
+	k.dir = dir;
+	__builtin_memcpy(k.ip, nd->target, 16);
+	/* The MAC: the link-layer option if it is the first one, else the Ethernet source. */
+	struct nd_opt_ll_s *opt = (void *)(nd + 1);
+
+	if ((void *)(opt + 1) <= data_end && opt->type == (ns ? ND_OPT_SOURCE_LL : ND_OPT_TARGET_LL) &&
+	    opt->len == 1) {
+		__u8 diff = 0;
+
+		__builtin_memcpy(k.mac, opt->addr, 6);
+#pragma unroll
+		for (int i = 0; i < 6; i++) /* no memcmp in BPF: it would be a call */
+			diff |= opt->addr[i] ^ eth->h_source[i];
+		if (diff)
+			k.flags = KEY_F_MAC_MISMATCH;
+	} else {
+		__builtin_memcpy(k.mac, eth->h_source, 6);
+	}
+	if (ns) {
+		__u16 any = 0;
+
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+			any |= ip6->saddr[i];
+		if (!any) {
+			h->nd_dad += 1;
+			k.kind = ND_KIND_NS_DAD;
+		} else {
+			h->nd_solicit += 1;
+			k.kind = ND_KIND_NS;
+			__builtin_memcpy(k.peer, ip6->saddr, 16);
+		}
+	} else if (nd->flags & NA_FLAG_SOLICITED) {
+		h->nd_advert_solicited += 1;
+		k.kind = ND_KIND_NA_SOLICITED;
+	} else {
+		h->nd_advert_unsolicited += 1;
+		k.kind = ND_KIND_NA_UNSOLICITED;
+	}
+	count_nd(&k, h);
+	/* Counted first, as for ARP requests. */
+#ifndef ARP_SENSOR_NO_LIMITS
+	if (k.kind == ND_KIND_NS)
+		return limit_solicit(&k, h);
+#endif
+	return 0;
+}
+
+/* Moves the cursor past the Ethernet header and at most two VLAN tags; returns FRAME_ARP or FRAME_IPV6
+ * (cursor at that header), else FRAME_OTHER. */
+static __always_inline int find_l3(struct hdr_cursor *nh, void *data_end, __u16 *vlan, int have_vlan)
 {
 	struct ethhdr *eth = nh->pos;
 
 	if ((void *)(eth + 1) > data_end) /* the kernel delivers no frame this short; stay safe anyway */
-		return 0;
+		return FRAME_OTHER;
 	nh->pos = eth + 1;
 	/* One 16-bit load: struct ethhdr is packed, so eth->h_proto compiles to two byte loads. The
 	 * ethertype sits at an even offset of a frame the kernel aligned. */
 	__u16 h_proto = *(__u16 *)((__u8 *)eth + 12);
 
-	/* The fast path: every non-ARP, untagged frame leaves here after two compares, touching no map
-	 * and not even the context (the interface index is read only for ARP). */
+	/* The fast path: every non-ARP, untagged frame leaves here touching no map and not even the
+	 * context (the interface index is read only for ARP and ND); the IPv6 compare sits after the ARP
+	 * one, on the path that already leaves. */
 	if (h_proto == bpf_htons(ETH_P_ARP))
-		return 1;
-	if (!proto_is_vlan(h_proto))
-		return 0;
-	return parse_vlans(nh, data_end, h_proto, vlan, have_vlan) == bpf_htons(ETH_P_ARP);
+		return FRAME_ARP;
+	if (proto_is_vlan(h_proto)) {
+		h_proto = parse_vlans(nh, data_end, h_proto, vlan, have_vlan);
+		if (h_proto == bpf_htons(ETH_P_ARP))
+			return FRAME_ARP;
+	}
+	return h_proto == bpf_htons(ETH_P_IPV6) ? FRAME_IPV6 : FRAME_OTHER;
 }
 
 int arpsensor_xdp(struct xdp_md *ctx)
@@ -281,10 +479,16 @@ int arpsensor_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct hdr_cursor nh = { .pos = data };
 	__u16 vlan = 0;
+	int l3 = find_l3(&nh, data_end, &vlan, 0);
 
-	if (find_arp(&nh, data_end, &vlan, 0) &&
-	    handle_arp(&nh, data, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan))
-		return XDP_DROP; /* an ingress limit: protects this host only, the switch already carried it */
+	/* A drop is an ingress limit: it protects this host only, the switch already carried the frame. */
+	if (l3 == FRAME_ARP) {
+		if (handle_arp(&nh, data, data_end, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan))
+			return XDP_DROP;
+	} else if (l3 == FRAME_IPV6) {
+		if (handle_nd(&nh, data_end, data, ctx->ingress_ifindex, ARP_SENSOR_DIR_INGRESS, vlan))
+			return XDP_DROP;
+	}
 	return XDP_PASS;
 }
 
@@ -305,8 +509,15 @@ static __always_inline int handle_skb(struct __sk_buff *skb, __u8 dir)
 	}
 	/* TC_ACT_SHOT only for a request beyond its limit's bucket: on egress that frame never reaches
 	 * the switch (the point of limiting); on ingress it only spares this host. */
-	if (find_arp(&nh, data_end, &vlan, have_vlan) && handle_arp(&nh, data, data_end, skb->ifindex, dir, vlan))
-		return TC_ACT_SHOT;
+	int l3 = find_l3(&nh, data_end, &vlan, have_vlan);
+
+	if (l3 == FRAME_ARP) {
+		if (handle_arp(&nh, data, data_end, skb->ifindex, dir, vlan))
+			return TC_ACT_SHOT;
+	} else if (l3 == FRAME_IPV6) {
+		if (handle_nd(&nh, data_end, data, skb->ifindex, dir, vlan))
+			return TC_ACT_SHOT;
+	}
 	return TC_ACT_UNSPEC;
 }
 
@@ -334,8 +545,9 @@ int arpsensor_limctl(struct xdp_md *ctx)
 	struct limit_key k = {};
 
 	k.ifindex = c->key.ifindex;
-	k.ip = c->key.ip;
 	k.dir = c->key.dir;
+	k.family = c->key.family;
+	__builtin_memcpy(k.ip, c->key.ip, 16);
 	struct limit_val *l = limits.lookup(&k);
 
 	if (!l)

@@ -89,6 +89,15 @@ struct health_counters {
 	__u64 insert_fail;        /* map update failed: classified and counted here, not per entry */
 	__u64 ratelimit_dropped;   /* ARP requests dropped by a rate limit (enforce entries) */
 	__u64 ratelimit_would_drop; /* ARP requests a dry-run limit let through but enforce would drop */
+	__u64 nd;                 /* ICMPv6 type 135/136 right after the IPv6 header (after at most two tags) */
+	__u64 nd_solicit;
+	__u64 nd_dad;
+	__u64 nd_advert_solicited;
+	__u64 nd_advert_unsolicited;
+	__u64 nd_malformed;       /* ND but cut inside its 24 bytes, IPv6 version != 6, code != 0 or hop limit != 255 */
+	__u64 nd_ext_hdr;         /* IPv6 whose next header is an extension header: not walked, never counted as ND */
+	__u64 nd_inserts;         /* new nd_counts entries */
+	__u64 nd_insert_fail;
 };
 
 /* Rate limits (docs/ratelimit.md). User space (sensor/kernel/limitmap.py) owns the entries; the kernel only
@@ -98,14 +107,19 @@ struct health_counters {
 #define ARP_SENSOR_MAX_LIMITS 4096
 #endif
 
-/* Entries apply to ARP requests only (not probes: RFC 5227 conflict detection must never be
- * throttled; not gratuitous ARP or replies). The VLAN is not part of the key: verdicts are per IP and
- * a target IP is unique within the L2 domains arp-sensor watches. */
+/* Entries apply to ARP requests and IPv6 neighbour solicitations only (not probes or DAD: RFC 5227 and
+ * RFC 4862 conflict detection must never be throttled; not gratuitous ARP, replies or advertisements).
+ * The VLAN is not part of the key: verdicts are per IP and a target IP is unique within the L2 domains
+ * arp-sensor watches. */
+#define LIMIT_FAMILY_IPV4 4
+#define LIMIT_FAMILY_IPV6 6
+
 struct limit_key {
 	__u32 ifindex;
-	__u32 ip;   /* target of the requests, network byte order */
-	__u8 dir;   /* ARP_SENSOR_DIR_*: egress limits this host's own requests (what reaches the switch) */
-	__u8 pad[3];
+	__u8 dir;    /* ARP_SENSOR_DIR_*: egress limits this host's own requests (what reaches the switch) */
+	__u8 family; /* LIMIT_FAMILY_* */
+	__u8 pad[2];
+	__u8 ip[16]; /* target of the requests/solicitations, wire order; IPv4: its 4 bytes, then zeros */
 };
 
 #define LIMIT_F_DRY_RUN 1 /* count would_drop, pass everything */

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sensor.events.encode import counts_of
 from sensor.model import Interval, TargetWindow, WindowKey
 
 
@@ -40,7 +41,7 @@ class EventFeed:
             if ip and peer:
                 self.peers[ip] = (peer.get("name", ""), peer.get("state", ""))
             if ds == "arp_sensor.target":
-                arp, net = ev["arp"], ev.get("network", {})
+                arp, net = counts_of(ev), ev.get("network", {})
                 direction = net.get("direction", "ingress")
                 obs = ev.get("observer", {}).get(direction, {})
                 self.pending.append(TargetWindow(
@@ -60,7 +61,7 @@ class EventFeed:
                 else:
                     cur = self.limits.setdefault(ip, [mode, 0])
                     if action == "ratelimit-dropping":
-                        arp = ev.get("arp", {})
+                        arp = counts_of(ev)
                         cur[1] += int(arp.get("would_drop" if mode == "dry-run" else "dropped", 0) or 0)
             elif ds == "arp_sensor.health" and ev["event"].get("kind") == "metric":
                 h = ev.get("arp_sensor", {}).get("health", {})

@@ -16,6 +16,49 @@ SCHEMA_VERSION = "1"
 Event = dict[str, Any]
 
 
+# IPv6 targets carry their counts under `nd` with neighbour-discovery names; the numbers are the same
+# fields the ARP events have (the kernel's ND kinds share the ARP kinds' slots: NS ~ request, NA solicited ~
+# reply, NA unsolicited ~ gratuitous, DAD ~ probe). Fields not listed keep their names.
+ND_NAMES = {"requests": "solicitations", "requests_per_sec": "solicitations_per_sec", "replies": "advertisements",
+            "gratuitous": "unsolicited_advertisements", "probes": "dad"}
+
+
+def family(ip: str) -> tuple[str, str]:
+    """(section, network.type) for an address: ("arp", "ipv4") or ("nd", "ipv6")."""
+    return ("nd", "ipv6") if ":" in ip else ("arp", "ipv4")
+
+
+def wire_words(ip: str) -> tuple[str, str, str]:
+    """(protocol, its requests, its answers) for messages about ip: ARP, or IPv6 neighbour discovery."""
+    if ":" in ip:
+        return "neighbour discovery", "neighbour solicitations", "neighbour advertisements"
+    return "ARP", "ARP requests", "ARP replies"
+
+
+def counts_section(ev: Event, ip: str, counts: dict[str, Any]) -> None:
+    """Puts `counts` (ARP names) under ev["arp"] or, for an IPv6 address, ev["nd"] renamed; sets
+    network.type. The one place the two families' event shapes differ."""
+    section, net_type = family(ip)
+    ev.setdefault("network", {})["type"] = net_type
+    if section == "nd":
+        counts = {ND_NAMES.get(k, k): v for k, v in counts.items()}
+        if "top_senders" in counts:
+            counts["top_senders"] = [{"ip": t["ip"], "solicitations": t["requests"]} for t in counts["top_senders"]]
+    ev[section] = counts
+
+
+def counts_of(ev: Event) -> dict[str, Any]:
+    """The inverse of counts_section, for readers of events (top --events, the demo): the counts of
+    either family under the ARP names ({} when the event has none)."""
+    if "nd" not in ev:
+        return ev.get("arp", {})
+    back = {v: k for k, v in ND_NAMES.items()}
+    counts = {back.get(k, k): v for k, v in ev["nd"].items()}
+    if "top_senders" in counts:
+        counts["top_senders"] = [{"ip": t["ip"], "requests": t["solicitations"]} for t in counts["top_senders"]]
+    return counts
+
+
 def timestamp(now: float) -> str:
     """RFC 3339, UTC, millisecond precision: what ECS and most pipelines parse without configuration."""
     dt = datetime.fromtimestamp(now, tz=UTC)
@@ -33,7 +76,8 @@ def base_event(dataset: str, kind: str, now: float, hostname: str | None = None)
 
 def target_event(w: TargetWindow, now: float, hostname: str | None = None,
                  peer: dict[str, Any] | None = None) -> Event:
-    """`arp_sensor.target`: one noteworthy target in one interval. `peer` is `bgp.peer` when known."""
+    """`arp_sensor.target`: one noteworthy target in one interval (`arp.*`, or `nd.*` for an IPv6
+    target). `peer` is `bgp.peer` when known."""
     ev = base_event("arp_sensor.target", "metric", now, hostname)
     side = "ingress" if w.key.direction == "ingress" else "egress"
     ev["observer"][side] = {"interface": {"name": w.interface}}
@@ -41,7 +85,7 @@ def target_event(w: TargetWindow, now: float, hostname: str | None = None,
     ev["network"] = {"direction": w.key.direction}
     if w.key.vlan:
         ev["network"]["vlan"] = {"id": str(w.key.vlan)}  # ECS types vlan.id as keyword
-    ev["arp"] = {
+    counts_section(ev, w.key.ip, {
         "requests": w.requests,
         "requests_per_sec": round(w.requests_per_sec, 3),
         "replies": w.replies,
@@ -50,7 +94,7 @@ def target_event(w: TargetWindow, now: float, hostname: str | None = None,
         "senders": w.senders,
         "top_senders": [{"ip": ip, "requests": n} for ip, n in w.top_senders],
         "interval_s": w.interval_s,
-    }
+    })
     if peer:
         ev["bgp"] = {"peer": peer}
     return ev
@@ -84,8 +128,8 @@ def peer_event(action: str, ip: str, message: str, now: float, *, peer: dict[str
     """`arp_sensor.peer` alert on a verdict change (`zombie-peer-detected`, `zombie-peer-cleared`, ...).
 
     `peer` is `bgp.peer` (see sensor.peers.peer_fields), `evidence` the ARP window (`arp.*`: requests,
-    replies, senders, top_senders, window_s), `verdict` the verdict after the change, `reason` why a
-    verdict cleared (ECS `event.reason`).
+    replies, senders, top_senders, window_s; `nd.*` for an IPv6 address), `verdict` the verdict after the
+    change, `reason` why a verdict cleared (ECS `event.reason`).
     """
     ev = base_event("arp_sensor.peer", "alert", now, hostname)
     ev["event"]["action"] = action
@@ -95,7 +139,7 @@ def peer_event(action: str, ip: str, message: str, now: float, *, peer: dict[str
     if peer:
         ev["bgp"] = {"peer": peer}
     if evidence is not None:
-        ev["arp"] = dict(evidence)
+        counts_section(ev, ip, dict(evidence))
     if node_name:
         ev["kubernetes"] = {"node": {"name": node_name}}
     if verdict:
@@ -124,7 +168,7 @@ def ratelimit_event(action: str, ip: str, now: float, *, mode: str, source: str,
         arp["would_drop"] = would_drop
     if interval_s is not None:
         arp["interval_s"] = round(interval_s, 3)
-    ev["arp"] = arp
+    counts_section(ev, ip, arp)
     ev["arp_sensor"]["ratelimit"] = {"mode": mode, "source": source}
     if peer:
         ev["bgp"] = {"peer": peer}

@@ -3,9 +3,9 @@
 Attach rules (docs/architecture.md):
 - XDP: never replace a program someone else attached (XDP_FLAGS_UPDATE_IF_NOEXIST); one left by a
   crashed arp-sensor (same program name, and no live sensor holds the interface lock) is replaced.
-- tc: our own clsact filters at our own priorities, one per ethertype (ARP, 802.1Q, 802.1ad) so the
-  program only runs for frames that can be ARP; a foreign filter at one of our priorities is a
-  conflict; the clsact qdisc is removed only if we created it and nothing else uses it.
+- tc: our own clsact filters at our own priorities, one per ethertype (ARP, 802.1Q, 802.1ad, IPv6) so
+  the program only runs for frames that can be ARP or neighbour discovery; a foreign filter at one of
+  our priorities is a conflict; the clsact qdisc is removed only if we created it and nothing else uses it.
 - Detach removes exactly what this process attached.
 """
 
@@ -27,12 +27,13 @@ XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 
-ETH_P_ARP, ETH_P_8021Q, ETH_P_8021AD = 0x0806, 0x8100, 0x88A8
+ETH_P_ARP, ETH_P_8021Q, ETH_P_8021AD, ETH_P_IPV6 = 0x0806, 0x8100, 0x88A8, 0x86DD
 TC_PARENT_INGRESS, TC_PARENT_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
 # Our tc priorities: high numbers run late, so filters that decide (Calico's, for instance) come first;
 # ours return TC_ACT_UNSPEC anyway and never end the chain.
 TC_PRIO_BASE = 0xC1A0
-TC_PROTOS = ((ETH_P_ARP, TC_PRIO_BASE), (ETH_P_8021Q, TC_PRIO_BASE + 1), (ETH_P_8021AD, TC_PRIO_BASE + 2))
+TC_PROTOS = ((ETH_P_ARP, TC_PRIO_BASE), (ETH_P_8021Q, TC_PRIO_BASE + 1), (ETH_P_8021AD, TC_PRIO_BASE + 2),
+             (ETH_P_IPV6, TC_PRIO_BASE + 3))
 TC_HANDLE = 0xA59
 LOCK_DIR = "/run/arp-sensor/locks"
 
@@ -125,6 +126,11 @@ class Datapath:
     @property
     def map_fds(self) -> tuple[int, int]:
         return (self.bpf[b"arp_counts"].map_fd, self.bpf[b"health"].map_fd)
+
+    @property
+    def nd_map_fd(self) -> int:
+        """The IPv6 neighbour discovery counts (struct nd_key -> per-CPU struct arp_val)."""
+        return self.bpf[b"nd_counts"].map_fd
 
     @property
     def limit_fds(self) -> LimitFds:

@@ -25,10 +25,17 @@ FAMILY_IPV4, FAMILY_IPV6 = 4, 6
 # struct arp_val {u64 count, first_seen_ns;}
 ARP_VAL = struct.Struct("<2Q")
 KIND_REQUEST, KIND_REPLY, KIND_GRATUITOUS, KIND_PROBE = 0, 1, 2, 3
+# struct nd_key {u32 ifindex; u16 vlan; u8 dir; u8 kind; u8 mac[6]; u8 flags; u8 pad; u8 ip[16]; u8 peer[16];}
+ND_KEY = struct.Struct("<IHBB6sBx16s16s")
+# The ND kinds share the ARP kinds' numbers: NS ~ request, NA solicited ~ reply, NA unsolicited ~ gratuitous,
+# DAD ~ probe.
+ND_KIND_NS, ND_KIND_NA_SOLICITED, ND_KIND_NA_UNSOLICITED, ND_KIND_NS_DAD = 0, 1, 2, 3
+KEY_F_MAC_MISMATCH = 1
 DEFAULT_MAX_ENTRIES = 32768
 
-# struct limit_key {u32 ifindex; be32 ip; u8 dir; u8 pad[3];}
-LIMIT_KEY = struct.Struct("<I4sB3x")
+# struct limit_key {u32 ifindex; u8 dir; u8 family; u8 pad[2]; u8 ip[16];} (IPv4: 4 bytes, then zeros)
+LIMIT_KEY = struct.Struct("<IBB2x16s")
+LIMIT_FAMILY_IPV4, LIMIT_FAMILY_IPV6 = 4, 6
 # struct limit_val {bpf_spin_lock lock; u32 flags; u64 rate_mpps, cost_ns, burst, tokens_ns, last_refill_ns,
 #                   expires_ns, dropped, would_drop, passed;}
 LIMIT_VAL = struct.Struct("<4xI9Q")
@@ -37,7 +44,7 @@ LIMIT_FIELDS = ("flags", "rate_mpps", "cost_ns", "burst", "tokens_ns", "last_ref
 LIMIT_F_DRY_RUN = 1
 LIMITS_ACTIVE = struct.Struct("<Q")
 # struct limit_cmd {struct limit_key key; u32 flags; u64 rate_mpps, cost_ns, burst, expires_ns;}
-LIMIT_CMD = struct.Struct("<12sI4Q")
+LIMIT_CMD = struct.Struct("<24sI4x4Q")
 PROG_LIMCTL = "arpsensor_limctl"
 
 PROG_XDP = "arpsensor_xdp"

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 from sensor.errors import EXIT_ENV, SensorError
 from sensor.kernel import bpfsys
-from sensor.kernel.layout import LIMIT_CMD, LIMIT_F_DRY_RUN, LIMIT_FIELDS, LIMIT_KEY, LIMIT_VAL, LIMITS_ACTIVE
+from sensor.kernel.layout import (
+    LIMIT_CMD,
+    LIMIT_F_DRY_RUN,
+    LIMIT_FAMILY_IPV4,
+    LIMIT_FAMILY_IPV6,
+    LIMIT_FIELDS,
+    LIMIT_KEY,
+    LIMIT_VAL,
+    LIMITS_ACTIVE,
+)
 
 NS = 1_000_000_000
 MAX_BURST = 1_000_000  # burst * cost_ns must fit in u64 with cost_ns up to 1e12 (0.001 pps)
@@ -23,16 +32,21 @@ XDP_PASS = 2
 @dataclass(frozen=True, slots=True)
 class LimitKey:
     ifindex: int
-    ip: str
+    ip: str  # dotted quad (ARP requests) or IPv6 text (neighbour solicitations)
     dir: int  # layout.DIR_INGRESS / DIR_EGRESS
 
     def pack(self) -> bytes:
-        return LIMIT_KEY.pack(self.ifindex, socket.inet_aton(self.ip), self.dir)
+        if ":" in self.ip:
+            return LIMIT_KEY.pack(self.ifindex, self.dir, LIMIT_FAMILY_IPV6,
+                                  socket.inet_pton(socket.AF_INET6, self.ip))
+        return LIMIT_KEY.pack(self.ifindex, self.dir, LIMIT_FAMILY_IPV4, socket.inet_aton(self.ip))
 
     @classmethod
     def unpack(cls, raw: bytes) -> LimitKey:
-        ifindex, ip, d = LIMIT_KEY.unpack(raw)
-        return cls(ifindex, socket.inet_ntoa(ip), d)
+        ifindex, d, family, ip = LIMIT_KEY.unpack(raw)
+        if family == LIMIT_FAMILY_IPV6:
+            return cls(ifindex, socket.inet_ntop(socket.AF_INET6, ip), d)
+        return cls(ifindex, socket.inet_ntoa(ip[:4]), d)
 
 
 @dataclass(slots=True)

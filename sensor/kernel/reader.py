@@ -19,6 +19,7 @@ from sensor.kernel.layout import (
     KIND_PROBE,
     KIND_REPLY,
     KIND_REQUEST,
+    ND_KEY,
     health_names,
     health_struct,
 )
@@ -33,6 +34,11 @@ TargetKey = tuple[int, str, int, int]  # (ifindex, ip, vlan, dir)
 KEY_DTYPE = np.dtype([("ifindex", "<u4"), ("ip", "<u4"), ("peer", "<u4"), ("vlan", "<u2"), ("dir", "u1"),
                       ("kind", "u1"), ("macw", "<u8")])
 assert KEY_DTYPE.itemsize == ARP_KEY.size
+# struct nd_key: the same word of mac/flags/pad at offset 8, then the two 16-byte addresses (wire order),
+# each seen as two little-endian u64 words: exactly the table's 16-byte column form.
+ND_KEY_DTYPE = np.dtype([("ifindex", "<u4"), ("vlan", "<u2"), ("dir", "u1"), ("kind", "u1"), ("macw", "<u8"),
+                         ("ip", "<u8", (2,)), ("peer", "<u8", (2,))])
+assert ND_KEY_DTYPE.itemsize == ND_KEY.size
 _MAC_MASK = np.uint64((1 << 48) - 1)
 # An IPv4 address in the table's 16-byte form (::ffff:a.b.c.d), as the two little-endian words of those
 # 16 bytes: word 0 is zero, word 1 is 0xffff in bits 16-31 and the 4 wire bytes (read LE) in bits 32-63.
@@ -96,6 +102,35 @@ class EntryTable:
                    # first_seen_ns is stamped on the creating CPU only: the others hold 0
                    v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * KEY_DTYPE.itemsize]),
                    mac=macw & _MAC_MASK, flags=(macw >> np.uint64(48)).astype(np.uint8))
+
+    @classmethod
+    def from_nd_raw(cls, keys: bytes, vals: bytes, n: int, ncpu: int) -> EntryTable:
+        """From a batch read of nd_counts: n packed struct nd_key (the ND kinds share the ARP kinds'
+        numbers, so the table needs no translation), n x ncpu per-CPU values."""
+        k = np.frombuffer(keys, dtype=ND_KEY_DTYPE, count=n)
+        slot_words = bpfsys.percpu_value_size(ARP_VAL.size) // 8
+        v = np.frombuffer(vals, dtype="<u8", count=n * ncpu * slot_words).reshape(n, ncpu, slot_words)
+        macw = k["macw"]
+        return cls(k["ifindex"].copy(), k["ip"].copy(), k["peer"].copy(), k["vlan"].copy(), k["dir"].copy(),
+                   k["kind"].copy(), v[:, :, 0].sum(axis=1, dtype=np.uint64),
+                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * ND_KEY.size]),
+                   mac=macw & _MAC_MASK, flags=(macw >> np.uint64(48)).astype(np.uint8),
+                   family=np.full(n, FAMILY_IPV6, np.uint8))
+
+    @classmethod
+    def concat(cls, a: EntryTable, b: EntryTable) -> EntryTable:
+        """Both families in one table (ARP rows first). raw_keys is the ARP row count then both reads'
+        bytes, so an unchanged pair of maps is recognised as unchanged and no other pair can look alike."""
+        raw = None
+        if a.raw_keys is not None and b.raw_keys is not None:
+            raw = len(a).to_bytes(8, "little") + a.raw_keys + b.raw_keys
+        if not len(b):
+            a.raw_keys = raw
+            return a
+        cols = [np.concatenate([getattr(a, f), getattr(b, f)]) for f in
+                ("ifindex", "ip", "peer", "vlan", "dir", "kind", "count", "first")]
+        return cls(*cols, raw, mac=np.concatenate([a.mac, b.mac]), flags=np.concatenate([a.flags, b.flags]),
+                   family=np.concatenate([a.family, b.family]))
 
     @classmethod
     def from_entries(cls, entries: EntryMap) -> EntryTable:
@@ -199,12 +234,17 @@ def pair_totals(entries: EntryMap) -> dict[tuple[int, str, str, int, int], int]:
 
 
 class MapReader:
-    def __init__(self, map_fd: int, health_fd: int, max_entries: int) -> None:
-        self.map_fd, self.health_fd, self.max_entries = map_fd, health_fd, max_entries
+    """nd_fd: the nd_counts map (IPv6 neighbour discovery), read into the same table as ARP; None reads
+    ARP only."""
+
+    def __init__(self, map_fd: int, health_fd: int, max_entries: int, nd_fd: int | None = None) -> None:
+        self.map_fd, self.health_fd, self.max_entries, self.nd_fd = map_fd, health_fd, max_entries, nd_fd
         self.ncpu = bpfsys.possible_cpus()
         self.names = health_names()
         self._kbuf: np.ndarray | None = None
         self._vbuf: np.ndarray | None = None
+        self._nd_kbuf: np.ndarray | None = None
+        self._nd_vbuf: np.ndarray | None = None
 
     def read_health(self) -> dict[str, int]:
         fmt = health_struct()
@@ -216,21 +256,30 @@ class MapReader:
                 totals[i] += v
         return dict(zip(self.names, totals, strict=True))
 
-    def read_raw(self) -> tuple[memoryview, memoryview, int]:
-        """One batch read of the whole map into buffers kept between reads (allocating and zeroing
-        megabytes per interval cost more than the numpy work); valid until the next read."""
+    def read_raw(self, nd: bool = False) -> tuple[memoryview, memoryview, int]:
+        """One batch read of the whole ARP map (nd: the ND map) into buffers kept between reads
+        (allocating and zeroing megabytes per interval cost more than the numpy work); valid until the
+        next read."""
         slot = bpfsys.percpu_value_size(ARP_VAL.size) * self.ncpu
         # Headroom: a read under churn meets entries evicted behind it and inserted ahead of it.
         room = self.max_entries + self.max_entries // 8 + 64
-        if self._kbuf is None:
-            self._kbuf = np.empty(ARP_KEY.size * room, dtype=np.uint8)
-            self._vbuf = np.empty(slot * room, dtype=np.uint8)
-        n = bpfsys.map_lookup_batch_into(self.map_fd, self._kbuf.ctypes.data, ARP_KEY.size,
-                                         self._vbuf.ctypes.data, slot, room)
-        return memoryview(self._kbuf)[: ARP_KEY.size * n], memoryview(self._vbuf)[: slot * n], n
+        ksize = ND_KEY.size if nd else ARP_KEY.size
+        kbuf, vbuf = (self._nd_kbuf, self._nd_vbuf) if nd else (self._kbuf, self._vbuf)
+        if kbuf is None or vbuf is None:
+            kbuf, vbuf = np.empty(ksize * room, dtype=np.uint8), np.empty(slot * room, dtype=np.uint8)
+            if nd:
+                self._nd_kbuf, self._nd_vbuf = kbuf, vbuf
+            else:
+                self._kbuf, self._vbuf = kbuf, vbuf
+        fd = self.nd_fd if nd else self.map_fd
+        n = bpfsys.map_lookup_batch_into(fd, kbuf.ctypes.data, ksize, vbuf.ctypes.data, slot, room)  # type: ignore[arg-type]
+        return memoryview(kbuf)[: ksize * n], memoryview(vbuf)[: slot * n], n
 
     def read_table(self) -> EntryTable:
-        return EntryTable.from_raw(*self.read_raw(), self.ncpu)
+        arp = EntryTable.from_raw(*self.read_raw(), self.ncpu)
+        if self.nd_fd is None:
+            return arp
+        return EntryTable.concat(arp, EntryTable.from_nd_raw(*self.read_raw(nd=True), self.ncpu))
 
     def read_entries(self) -> EntryMap:
         return self.read_table().to_entries()
@@ -240,3 +289,4 @@ class MapReader:
         # per-target sums never run ahead of the health totals.
         health = self.read_health()
         return Snapshot(time.monotonic(), None, health, table=self.read_table())
+

@@ -11,6 +11,9 @@ Modelled on Calico's confd template (confd/etc/calico/confd/templates/bird.cfg.t
   this is not the numeric order: "198.18.0.10" < "198.18.0.9". The rule lives in sensor.peers.mesh.
 
 Calico's BIRD runs on BIRD 1.6 syntax; this renders BIRD 2 (`local ... as`, `ipv4 { }` channels).
+Dual stack (`local_ip6`/`peers6`): the IPv6 mesh is a second template (`bgp_template6`, an `ipv6 { }`
+channel, sessions over IPv6) in the same BIRD, named like Calico names IPv6 peers (Mesh_2001_db8__7) and
+unidirectional by the same rule; Calico's BIRD 1.6 runs it as a separate bird6 with its own bird6.ctl.
 
 Calico leaves BIRD's default hold time (240 s): a silently powered-off node is noticed only when the hold
 timer expires, and only then does the reconnect loop (and the ARP storm) start. The lab defaults to a
@@ -53,11 +56,14 @@ __all__ = ["CALICO_TIMERS", "DEFAULT_ASN", "LAB_HOLD_TIME", "Timers", "connects"
            "protocol_name", "render"]
 
 
-def _check_ip(ip: str) -> str:
+def _check_ip(ip: str, version: int = 4) -> str:
     try:
-        return str(ipaddress.IPv4Address(ip))
+        addr = ipaddress.ip_address(ip)
+        if addr.version == version:
+            return str(addr)
     except ValueError:
-        raise SensorError(f"birdconf: not an IPv4 address: {ip!r}") from None
+        pass
+    raise SensorError(f"birdconf: not an IPv{version} address: {ip!r}") from None
 
 
 def render(
@@ -70,14 +76,19 @@ def render(
     log_file: str | None = None,
     timers: Timers = CALICO_TIMERS,
     pod_block: str | None = None,
+    local_ip6: str | None = None,
+    peers6: Iterable[str] = (),
 ) -> str:
-    """BIRD 2 config for the node `local_ip` peering with every address in `peers` (itself is skipped).
+    """BIRD 2 config for the node `local_ip` peering with every address in `peers` (itself is skipped),
+    and, with `local_ip6`, over IPv6 with every address in `peers6`.
 
     `pod_block` (a CIDR) is announced to the mesh like Calico announces a node's IPAM block, so that
     `show route` on the peers has something to show.
     """
     local_ip = _check_ip(local_ip)
     peer_ips = sorted({_check_ip(p) for p in peers} - {local_ip}, key=ipaddress.IPv4Address)
+    local6 = _check_ip(local_ip6, 6) if local_ip6 else None
+    peer_ips6 = sorted({_check_ip(p, 6) for p in peers6} - {local6}, key=ipaddress.IPv6Address) if local6 else []
     if hold_time is not None and not 3 <= hold_time <= 65535:
         raise SensorError(f"birdconf: hold time must be 3..65535 s (BIRD's limits), got {hold_time}")
     if not 1 <= asn <= 4294967295:
@@ -114,42 +125,56 @@ def render(
         if hold_time is not None
         else f"  # hold time: BIRD's default ({BIRD_DEFAULT_HOLD_TIME} s), as in Calico"
     )
-    out += [
-        "# Template for all BGP clients (Calico's bgp_template)",
-        "template bgp bgp_template {",
-        "  debug { states };",
-        '  description "Connection to BGP peer";',
-        f"  local {local_ip} as {asn};  # the source address of the TCP connection",
-        "  multihop;",
+    def template(name: str, local: str, channel: list[str]) -> list[str]:
+        return [
+            f"template bgp {name} {{",
+            "  debug { states };",
+            '  description "Connection to BGP peer";',
+            f"  local {local} as {asn};  # the source address of the TCP connection",
+            "  multihop;",
+            *channel,
+            "  graceful restart;",
+            f"  connect delay time {timers.connect_delay};",
+            f"  connect retry time {timers.connect_retry};",
+            f"  error wait time {timers.error_wait[0]},{timers.error_wait[1]};",
+            hold,
+            "}",
+            "",
+        ]
+
+    out += ["# Template for all BGP clients (Calico's bgp_template)"]
+    out += template("bgp_template", local_ip, [
         "  ipv4 {",
         "    gateway recursive;",
         "    import all;",
         f"    export {export};",
         "    add paths on;",
         "  };",
-        "  graceful restart;",
-        f"  connect delay time {timers.connect_delay};",
-        f"  connect retry time {timers.connect_retry};",
-        f"  error wait time {timers.error_wait[0]},{timers.error_wait[1]};",
-        hold,
-        "}",
-        "",
-        "# ------------- Node-to-node mesh -------------",
-    ]
-    for peer in peer_ips:
-        out.append(f"protocol bgp {protocol_name(peer)} from bgp_template {{")
+    ])
+    if local6:
+        out += ["# The same for the IPv6 mesh: sessions over IPv6 (Calico's bird6)"]
+        out += template("bgp_template6", local6, ["  ipv6 {", "    import all;", "    export none;", "  };"])
+    out.append("# ------------- Node-to-node mesh -------------")
+    for peer, template, local in [(p, "bgp_template", local_ip) for p in peer_ips] + \
+            [(p, "bgp_template6", local6) for p in peer_ips6]:
+        out.append(f"protocol bgp {protocol_name(peer)} from {template} {{")
         out.append(f"  neighbor {peer} as {asn};")
-        if is_passive(local_ip, peer):
+        if is_passive(local, peer):  # type: ignore[arg-type]
             out.append("  passive on; # Mesh is unidirectional, peer will connect to us.")
         out.append("}")
     out.append("")
     return "\n".join(out)
 
 
-def mesh(ips: Iterable[str], **kwargs: object) -> dict[str, str]:
-    """Configs for every node of a full mesh, keyed by node IP."""
+def mesh(ips: Iterable[str], ips6: Iterable[str] | None = None, **kwargs: object) -> dict[str, str]:
+    """Configs for every node of a full mesh, keyed by node IP. ips6: the nodes' IPv6 addresses, in the
+    same order, for a dual-stack mesh."""
     nodes = [_check_ip(ip) for ip in ips]
-    return {ip: render(ip, nodes, **kwargs) for ip in nodes}  # type: ignore[arg-type]
+    v6 = [_check_ip(ip, 6) for ip in ips6] if ips6 else []
+    if v6 and len(v6) != len(nodes):
+        raise SensorError("birdconf: a dual-stack mesh needs one IPv6 address per node")
+    return {ip: render(ip, nodes, local_ip6=v6[i] if v6 else None, peers6=v6, **kwargs)  # type: ignore[arg-type]
+            for i, ip in enumerate(nodes)}
 
 
 def main(argv: list[str] | None = None) -> int:

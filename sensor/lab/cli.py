@@ -10,7 +10,7 @@ import click
 
 from sensor.errors import SensorError
 from sensor.lab import birdconf
-from sensor.lab.lab import KILLED, Lab
+from sensor.lab.lab import DEFAULT_PREFIX6, KILLED, Lab
 
 name_option = click.option(
     "--name", "-n", default="lab", show_default=True, help="Lab name (1-8 chars: a-z then a-z0-9)."
@@ -40,6 +40,9 @@ def lab() -> None:
 @click.option("--nodes", "-N", type=int, required=True, help="Number of BIRD nodes (2..prefix size).")
 @name_option
 @click.option("--prefix", default="198.18.0.0/24", show_default=True, help="Node addresses (inside 198.18.0.0/15).")
+@click.option("--ipv6", "ipv6", is_flag=True, help="Dual stack: IPv6 addresses and BIRD sessions too.")
+@click.option("--prefix6", default=DEFAULT_PREFIX6, show_default=True,
+              help="IPv6 node addresses with --ipv6 (inside 2001:db8::/32).")
 @click.option(
     "--vlan",
     type=int,
@@ -63,6 +66,8 @@ def up(
     nodes: int,
     name: str,
     prefix: str,
+    ipv6: bool,
+    prefix6: str,
     vlan: int | None,
     hold_time: str,
     wait: bool,
@@ -77,13 +82,15 @@ def up(
             hold = int(hold_time)
         except ValueError:
             raise SensorError(f"lab: --hold-time must be seconds or 'default', got {hold_time!r}") from None
-    the_lab = Lab(name, nodes, prefix=prefix, vlan=vlan, hold_time=hold)
+    the_lab = Lab(name, nodes, prefix=prefix, vlan=vlan, hold_time=hold, ipv6=prefix6 if ipv6 else None)
     the_lab.up(progress=_echo, raise_neigh_limits=raise_neigh_limits)
     if wait:
         took = the_lab.wait_established(timeout, progress=_echo)
-        _echo(f"lab {name}: full mesh Established ({nodes * (nodes - 1)} sessions) after {took:.1f}s")
+        sessions = nodes * (nodes - 1) * (2 if ipv6 else 1)
+        _echo(f"lab {name}: full mesh Established ({sessions} sessions) after {took:.1f}s")
+    v6 = f" and {the_lab.ip6('n1')}..{the_lab.ip6(the_lab.nodes[-1])}" if ipv6 else ""
     _echo(
-        f"lab {name}: nodes n1..n{nodes} = {the_lab.ip('n1')}..{the_lab.ip(the_lab.nodes[-1])}; "
+        f"lab {name}: nodes n1..n{nodes} = {the_lab.ip('n1')}..{the_lab.ip(the_lab.nodes[-1])}{v6}; "
         f"run commands with `arp-sensor lab exec --name {name} n1 -- CMD` or `ip netns exec {name}-n1 CMD`"
     )
 

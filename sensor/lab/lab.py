@@ -5,6 +5,9 @@ Layout of a lab called NAME with N nodes:
 - netns `NAME-n<i>` is node i: `eth0` (the other end of `NAMEp<i>`) with the i-th address of the prefix
   (with a VLAN, tc programs tag its frames on the wire: sensor.lab.vlanwire), and a BIRD whose config,
   control socket, pid file and log live in /run/arp-sensor/lab/NAME/.
+With `ipv6` (a prefix inside 2001:db8::/32) the lab is dual stack: every node also gets the i-th IPv6
+address and BIRD sessions over IPv6 (Mesh_2001_db8__<i>), and the switch floods multicast like one without
+MLD snooping, so a dead node's neighbour solicitations reach every port as its ARP requests do.
 Nothing is ever created in the root namespace, so deleting the lab's namespaces and killing every process
 whose command line names the state directory removes everything, even after a crash (`Lab.destroy`).
 
@@ -45,6 +48,8 @@ NETNS_DIR = "/run/netns"
 # lab "a" never matches the namespaces of lab "a-b".
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 SAFE_NET = ipaddress.IPv4Network("198.18.0.0/15")  # benchmarking range: never routed anywhere
+SAFE_NET6 = ipaddress.IPv6Network("2001:db8::/32")  # documentation range: never routed anywhere
+DEFAULT_PREFIX6 = "2001:db8::/64"
 MAX_NODES = 254
 NEIGH_REACHABLE_MS = 4000  # Linux default 30000; see _build_node
 
@@ -61,6 +66,7 @@ class Node:
     netns: str
     port: str  # the bridge-side veth in the switch namespace
     state: str = UP
+    ip6: str | None = None  # dual-stack labs only
 
 
 def neigh_entries_in_use() -> int:
@@ -145,6 +151,7 @@ class Lab:
         vlan: int | None = None,
         hold_time: int | None = birdconf.LAB_HOLD_TIME,
         asn: int = birdconf.DEFAULT_ASN,
+        ipv6: str | None = None,
     ) -> None:
         if not NAME_RE.match(name or ""):
             raise SensorError(f"lab: bad name {name!r}: 1-8 chars, a lowercase letter then [a-z0-9]")
@@ -162,6 +169,20 @@ class Lab:
             raise SensorError(f"lab: --vlan must be 1..4094, got {vlan}")
         if hold_time is not None and not 3 <= hold_time <= 65535:
             raise SensorError(f"lab: --hold-time must be 3..65535 s, got {hold_time}")
+        hosts6: list = []
+        if ipv6 is not None:
+            try:
+                net6 = ipaddress.IPv6Network(ipv6, strict=False)
+            except ValueError:
+                raise SensorError(f"lab: bad IPv6 prefix {ipv6!r}: expected a CIDR like {DEFAULT_PREFIX6}") from None
+            if not net6.subnet_of(SAFE_NET6):
+                raise SensorError(f"lab: IPv6 prefix {net6} must lie inside {SAFE_NET6} (addresses that never leave "
+                                  "the lab)")
+            if net6.num_addresses < nodes + 2:
+                raise SensorError(f"lab: IPv6 prefix {net6} is too small for {nodes} nodes")
+            it = net6.hosts()
+            hosts6 = [next(it) for _ in range(nodes)]
+        self.ipv6 = str(net6) if ipv6 is not None else None
         self.name = name
         self.prefix = str(net)
         self.vlan = vlan
@@ -169,7 +190,8 @@ class Lab:
         self.asn = asn
         self.switch_netns = f"{name}-sw"
         self.bridge = f"{name}br"
-        self._nodes = [Node(f"n{i}", i, str(hosts[i - 1]), f"{name}-n{i}", f"{name}p{i}") for i in range(1, nodes + 1)]
+        self._nodes = [Node(f"n{i}", i, str(hosts[i - 1]), f"{name}-n{i}", f"{name}p{i}",
+                            ip6=str(hosts6[i - 1]) if hosts6 else None) for i in range(1, nodes + 1)]
         self.dir = STATE_ROOT / name
 
     # ---- naming
@@ -186,7 +208,7 @@ class Lab:
         """A node by name (n3), index (3) or IP address."""
         key = str(ref)
         for n in self._nodes:
-            if key in (n.name, str(n.index), n.ip):
+            if key in (n.name, str(n.index), n.ip, n.ip6):
                 return n
         raise SensorError(f"lab {self.name}: unknown node {key!r} (nodes: n1..n{len(self._nodes)})")
 
@@ -195,6 +217,9 @@ class Lab:
 
     def ip(self, node: str | int) -> str:
         return self.node(node).ip
+
+    def ip6(self, node: str | int) -> str | None:
+        return self.node(node).ip6
 
     def bird_socket(self, node: str | int) -> str:
         return str(self.dir / f"{self.node(node).name}.ctl")
@@ -217,6 +242,7 @@ class Lab:
             "vlan": self.vlan,
             "hold_time": self.hold_time,
             "asn": self.asn,
+            "ipv6": self.ipv6,
             "phase": phase,
             "builder_pid": os.getpid(),
             "switch_netns": self.switch_netns,
@@ -237,7 +263,8 @@ class Lab:
             raise SensorError(f"lab: no lab named {name!r} (no {path}); start one with `arp-sensor lab up`") from None
         except (OSError, ValueError) as e:
             raise SensorError(f"lab: unreadable state {path}: {e}; run `arp-sensor lab down --name {name}`") from None
-        lab = cls(doc["name"], len(doc["nodes"]), doc["prefix"], doc.get("vlan"), doc.get("hold_time"), doc["asn"])
+        lab = cls(doc["name"], len(doc["nodes"]), doc["prefix"], doc.get("vlan"), doc.get("hold_time"), doc["asn"],
+                  doc.get("ipv6"))
         lab._nodes = [Node(**n) for n in doc["nodes"]]
         lab.phase = doc.get("phase", "?")
         return lab
@@ -309,6 +336,7 @@ class Lab:
             say(f"lab {self.name}: {len(self._nodes)} namespaces and links in {time.monotonic() - t0:.1f}s")
             configs = birdconf.mesh(
                 [n.ip for n in self._nodes],
+                [n.ip6 for n in self._nodes if n.ip6] or None,
                 asn=self.asn,
                 hold_time=self.hold_time,
             )
@@ -336,7 +364,9 @@ class Lab:
         )
         with ipr_in(self.switch_netns) as sw:
             # STP off (the default) and no forward delay: ports forward as soon as they are up
-            sw.link("add", ifname=self.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            # no multicast snooping: flood solicited-node multicast like a switch without MLD snooping
+            sw.link("add", ifname=self.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                    br_mcast_snooping=0)
             sw.link("set", index=sw.link_lookup(ifname=self.bridge)[0], state="up")
 
     def _build_node(self, n: Node) -> None:
@@ -346,11 +376,19 @@ class Lab:
         # stale when reconnecting starts; with the lab's short hold time it would still be REACHABLE for
         # up to 45 s and the storm would start late. The broadcast cycle itself (mcast_solicit 3,
         # retrans_time 1 s) keeps Linux's defaults.
+        # Dual stack: IPv6 on, but quiet: no DAD (the lab's addresses are unique by construction), no router
+        # solicitations, no RAs; what remains on the wire is neighbour discovery for the peers (and MLD
+        # reports when a group is joined).
         _write_sysctl_in(
             n.netns,
             {
                 "net/ipv6/conf/all/disable_ipv6": "1",
                 "net/ipv6/conf/default/disable_ipv6": "1",
+            } if not n.ip6 else {
+                "net/ipv6/conf/default/accept_dad": "0",
+                "net/ipv6/conf/default/dad_transmits": "0",
+                "net/ipv6/conf/default/router_solicitations": "0",
+                "net/ipv6/conf/default/accept_ra": "0",
             },
         )
         with ipr_in(n.netns) as ipr:
@@ -368,8 +406,14 @@ class Lab:
                 vlanwire.attach(ipr, eth0, self.vlan, n.netns)
             plen = ipaddress.IPv4Network(self.prefix).prefixlen
             ipr.addr("add", index=eth0, address=n.ip, prefixlen=plen)
+            if n.ip6 and self.ipv6:
+                ipr.addr("add", index=eth0, address=n.ip6, prefixlen=ipaddress.IPv6Network(self.ipv6).prefixlen,
+                         flags=0x02)  # IFA_F_NODAD
         # per device: a new namespace has no neigh/default of its own (the kernel shares init_net's)
-        _write_sysctl_in(n.netns, {f"net/ipv4/neigh/{self.iface}/base_reachable_time_ms": str(NEIGH_REACHABLE_MS)})
+        reach = {f"net/ipv4/neigh/{self.iface}/base_reachable_time_ms": str(NEIGH_REACHABLE_MS)}
+        if n.ip6:
+            reach[f"net/ipv6/neigh/{self.iface}/base_reachable_time_ms"] = str(NEIGH_REACHABLE_MS)
+        _write_sysctl_in(n.netns, reach)
         with ipr_in(self.switch_netns) as sw:
             br = sw.link_lookup(ifname=self.bridge)[0]
             sw.link("set", index=sw.link_lookup(ifname=n.port)[0], master=br, state="up")
@@ -495,6 +539,8 @@ class Lab:
         for n in self._nodes:
             pid = self._bird_pid(n)
             row: dict = {"node": n.name, "ip": n.ip, "netns": n.netns, "state": n.state, "bird_pid": pid}
+            if n.ip6:
+                row["ip6"] = n.ip6
             if pid is not None:
                 try:
                     protos = self.protocols(n.name)
@@ -502,10 +548,11 @@ class Lab:
                     row["error"] = str(e)
                     protos = {}
                 row["sessions"] = {name: {"state": p.state, "info": p.info} for name, p in protos.items()}
-                # Counted over the same peers: sessions to live nodes that are Established, out of the live
-                # nodes. A session to a powered-off node stays Established until the hold timer fires: it
-                # is `stale`, not one more than expected.
-                peers = {birdconf.protocol_name(o.ip): o for o in self._nodes if o.name != n.name}
+                # Counted over the same peers (both families in a dual-stack lab): sessions to live nodes that
+                # are Established, out of the live nodes. A session to a powered-off node stays Established
+                # until the hold timer fires: it is `stale`, not one more than expected.
+                peers = {birdconf.protocol_name(a): o for o in self._nodes if o.name != n.name
+                         for a in (o.ip, o.ip6) if a}
                 est = {name for name, p in protos.items() if p.established and name in peers}
                 row["established"] = sum(1 for name in est if peers[name].name in live)
                 row["expected"] = sum(1 for o in peers.values() if o.name in live) if n.name in live else 0
@@ -514,6 +561,7 @@ class Lab:
         return {
             "name": self.name,
             "prefix": self.prefix,
+            "ipv6": self.ipv6,
             "vlan": self.vlan,
             "hold_time": self.hold_time,
             "nodes": out,
@@ -532,9 +580,10 @@ class Lab:
             for o in live:
                 if o is n:
                     continue
-                p = protos.get(birdconf.protocol_name(o.ip))
-                if p is None or not p.established:
-                    missing.append(f"{n.name}->{o.name} ({p.info if p else 'missing'})")
+                for ip in (o.ip, o.ip6) if o.ip6 else (o.ip,):
+                    p = protos.get(birdconf.protocol_name(ip))
+                    if p is None or not p.established:
+                        missing.append(f"{n.name}->{o.name} {ip} ({p.info if p else 'missing'})")
         return missing
 
     def wait_established(self, timeout: float = 60, progress: Progress | None = None) -> float:
@@ -542,7 +591,7 @@ class Lab:
         t0 = time.monotonic()
         last_report = t0
         total = sum(1 for n in self._nodes if n.state == UP)
-        total = total * (total - 1)
+        total = total * (total - 1) * (2 if self.ipv6 else 1)
         while True:
             missing = self.not_established()
             now = time.monotonic()
@@ -560,7 +609,8 @@ class Lab:
             time.sleep(0.3)
 
     def arp_capture(self) -> ArpCapture:
-        """Capture ARP on the switch's bridge (what every port of the L2 domain receives)."""
+        """Capture ARP and neighbour solicitations on the switch's bridge (what every port of the L2 domain
+        receives)."""
         return ArpCapture(self.switch_netns, self.bridge)
 
     def count_arp(self, seconds: float) -> Counter[str]:
@@ -613,10 +663,12 @@ class Lab:
 
 
 # `-e` lines read "... ethertype ARP (0x0806), length 42: Request who-has 198.18.0.3 tell 198.18.0.5, ..."
-# (with "vlan 100, p 0, ethertype ARP" in between when tagged)
+# (with "vlan 100, p 0, ethertype ARP" in between when tagged), and for IPv6 neighbour solicitations
+# "... 2001:db8::2 > ff02::1:ff00:1: ICMP6, neighbor solicitation, who has 2001:db8::1, length 32".
 _TCPDUMP_RE = re.compile(
-    r"^(?P<ts>\d+\.\d+) .*?\b(?P<kind>Request|Reply) (?:who-has (?P<target>[\d.]+)"
+    r"^(?P<ts>\d+\.\d+) .*?(?:\b(?P<kind>Request|Reply) (?:who-has (?P<target>[\d.]+)"
     r"(?: \([^)]*\))? tell (?P<sender>[\d.]+)|(?P<rtarget>[\d.]+) is-at)"
+    r"|(?P<src6>[0-9a-f:]+) > [0-9a-f:]+: ICMP6, neighbor solicitation, who has (?P<ns>[0-9a-f:]+))"
 )
 
 
@@ -629,10 +681,13 @@ class ArpFrame:
 
 
 def parse_tcpdump_line(line: str) -> ArpFrame | None:
-    """One line of `tcpdump -nn -tt -e -l` output, tagged or not."""
+    """One line of `tcpdump -nn -tt -e -l` output, tagged or not. A neighbour solicitation is a Request
+    (target: the address solicited)."""
     m = _TCPDUMP_RE.search(line)
     if not m:
         return None
+    if m["ns"]:
+        return ArpFrame(float(m["ts"]), "Request", m["ns"], m["src6"])
     if m["kind"] == "Request":
         return ArpFrame(float(m["ts"]), "Request", m["target"], m["sender"])
     return ArpFrame(float(m["ts"]), "Reply", m["rtarget"], None)
@@ -657,7 +712,8 @@ class ArpCapture:
             "-tt",
             "-e",
             "-l",
-            "arp or (vlan and arp)",
+            # ARP, and IPv6 neighbour solicitations right after the IPv6 header (what the sensor counts)
+            "arp or (icmp6 and ip6[40] == 135) or (vlan and (arp or (icmp6 and ip6[40] == 135)))",
         ]
         self.frames: list[ArpFrame] = []
         self._proc: subprocess.Popen[str] | None = None
@@ -701,7 +757,8 @@ class ArpCapture:
         return self.frames
 
     def requests(self, since: float = 0.0) -> Counter[str]:
-        """ARP requests per target IP (optionally only those at or after epoch time `since`)."""
+        """ARP requests and neighbour solicitations per target IP (optionally only those at or after epoch
+        time `since`)."""
         return Counter(f.target for f in list(self.frames) if f.kind == "Request" and f.ts >= since)
 
     def __enter__(self) -> ArpCapture:

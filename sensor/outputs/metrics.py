@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sensor.errors import EXIT_USAGE, SensorError
+from sensor.events.encode import counts_of
 
 # health key -> (metric, help, label name, label value); summed (per-interval deltas)
 _DELTAS: list[tuple[str, str, str, str | None, str | None]] = [
@@ -54,6 +55,22 @@ _DELTAS: list[tuple[str, str, str, str | None, str | None]] = [
      "vlan_too_deep"),
     ("inserts", "arp_sensor_map_inserts", "New entries in the kernel LRU map.", None, None),
     ("insert_fail", "arp_sensor_map_insert_failures", "Failed kernel map updates.", None, None),
+    # IPv6 neighbour discovery: the same evidence for IPv6 targets (docs/events.md, nd.*)
+    ("nd", "arp_sensor_nd_frames", "ICMPv6 neighbour solicitations/advertisements seen by the kernel program.",
+     None, None),
+    ("nd_solicit", "arp_sensor_nd_messages", "Valid neighbour discovery messages by kind.", "kind", "solicitation"),
+    ("nd_dad", "arp_sensor_nd_messages", "Valid neighbour discovery messages by kind.", "kind", "dad"),
+    ("nd_advert_solicited", "arp_sensor_nd_messages", "Valid neighbour discovery messages by kind.", "kind",
+     "advertisement"),
+    ("nd_advert_unsolicited", "arp_sensor_nd_messages", "Valid neighbour discovery messages by kind.", "kind",
+     "unsolicited_advertisement"),
+    ("nd_malformed", "arp_sensor_nd_malformed_frames",
+     "Neighbour discovery that failed validation (cut short, code != 0, hop limit != 255).", None, None),
+    ("nd_ext_hdr", "arp_sensor_nd_extension_header_frames",
+     "IPv6 frames with an extension header before the payload (not walked: ND behind one is not counted).",
+     None, None),
+    ("nd_inserts", "arp_sensor_nd_map_inserts", "New entries in the kernel ND LRU map.", None, None),
+    ("nd_insert_fail", "arp_sensor_nd_map_insert_failures", "Failed kernel ND map updates.", None, None),
 ]
 # health key -> gauge
 _GAUGES: list[tuple[str, str, str]] = [
@@ -143,7 +160,7 @@ class Metrics:
                     key = "other"
                 self._warnings[key] = self._warnings.get(key, 0) + 1
         elif event.get("dataset") == "arp_sensor.ratelimit" and event.get("action") == "ratelimit-dropping":
-            dropped = ev.get("arp", {}).get("dropped")
+            dropped = counts_of(ev).get("dropped")  # arp.* or, for an IPv6 target, nd.*
             if _num(dropped):
                 with self._lock:
                     self._ratelimit_dropped += dropped

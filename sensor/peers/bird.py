@@ -28,8 +28,10 @@ MAX_LINE_BYTES = 1024 * 1024
 
 _TIME = re.compile(r"^\d{1,2}:\d{2}:\d{2}(\.\d+)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# Calico's names for BGP peers: Mesh_10_0_0_7, Node_10_0_0_7, Global_10_0_0_7 (maybe a _port_N suffix).
+# Calico's names for BGP peers: Mesh_10_0_0_7, Node_10_0_0_7, Global_10_0_0_7 (maybe a _port_N suffix);
+# IPv6 peers with every ':' as '_': Mesh_2001_db8__7, Mesh_fd00_10_244__1_port_1790.
 _CALICO_NAME = re.compile(r"^(?:Mesh|Node|Global)_(\d{1,3})_(\d{1,3})_(\d{1,3})_(\d{1,3})(?:_|$)")
+_CALICO_NAME6 = re.compile(r"^(?:Mesh|Node|Global)_([0-9A-Fa-f_]+?)(?:_port_\d+)?$")
 
 
 class BirdError(Exception):
@@ -94,7 +96,8 @@ class BirdProtocol:
 
     @property
     def neighbor_ip(self) -> str | None:
-        """The neighbor address: from `Neighbor address:` (an IP, maybe `%iface`), else Calico's name."""
+        """The neighbor address: from `Neighbor address:` (an IP, maybe `%iface`), else Calico's name.
+        IPv6 in RFC 5952 text, the form targets and events use."""
         addr = self.details.get("Neighbor address", "").split("%")[0].strip()
         if addr:
             try:
@@ -104,6 +107,12 @@ class BirdProtocol:
         m = _CALICO_NAME.match(self.name)
         if m and all(0 <= int(o) <= 255 for o in m.groups()):
             return ".".join(str(int(o)) for o in m.groups())
+        m6 = _CALICO_NAME6.match(self.name)
+        if m6 and ("__" in m6.group(1) or m6.group(1).count("_") == 7):  # "::" compressed, or all 8 groups
+            try:
+                return str(ipaddress.IPv6Address(m6.group(1).replace("_", ":")))  # RFC 5952 text
+            except ValueError:
+                return None
         return None
 
 

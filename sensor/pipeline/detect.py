@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sensor.events.encode import Event, peer_event, warning_event
+from sensor.events.encode import Event, peer_event, warning_event, wire_words
 from sensor.model import Peer, PeerLookup, TargetWindow
 from sensor.peers import peer_fields
 
@@ -261,18 +261,19 @@ class VerdictEngine:
             return UNANSWERED
         return HEALTHY
 
-    def _clear_reason(self, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
+    def _clear_reason(self, ip: str, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
         v = st.verdict
         bgp = peer is not None and peer.is_bgp
+        proto, reqs, _ = wire_words(ip)
         if v == ZOMBIE:
             if ev.alive:
-                return "host answers ARP again"
+                return f"host answers {proto} again"
             if not bgp:
                 return "no longer a configured BGP peer"
             if peer is not None and peer.established:
                 return "BGP session Established again"
             if ev.requests == 0:
-                return f"no ARP requests for it in {self.window_s:g} s"
+                return f"no {reqs} for it in {self.window_s:g} s"
         elif v == DOWN_REACHABLE:
             if not bgp:
                 return "no longer a configured BGP peer"
@@ -280,9 +281,9 @@ class VerdictEngine:
                 return "BGP session Established again"
         elif v == UNANSWERED:
             if ev.alive:
-                return "host answers ARP"
+                return f"host answers {proto}"
             if ev.requests == 0:
-                return f"no ARP requests for it in {self.window_s:g} s"
+                return f"no {reqs} for it in {self.window_s:g} s"
             if bgp and peer is not None and peer.bgp_state is not None:
                 return "it is a configured BGP peer now"
         return None
@@ -298,7 +299,7 @@ class VerdictEngine:
                 st.down_since = now
         events: list[Event] = []
         bgp_now = peer is not None and peer.is_bgp and peer.bgp_state is not None
-        reason = self._clear_reason(st, peer, ev) if st.verdict != HEALTHY else None
+        reason = self._clear_reason(ip, st, peer, ev) if st.verdict != HEALTHY else None
         if reason:
             events.append(self._event(st.verdict, "cleared", ip, peer, now, reason, st))
             was, st.verdict, st.candidate, st.since = st.verdict, HEALTHY, None, None
@@ -322,7 +323,7 @@ class VerdictEngine:
                 return events
             self._n_unanswered += 1
         if st.verdict != HEALTHY:
-            why = "host stopped answering ARP" if raw == ZOMBIE else f"now {raw}"
+            why = f"host stopped answering {wire_words(ip)[0]}" if raw == ZOMBIE else f"now {raw}"
             events.append(self._event(st.verdict, "cleared", ip, peer, now, why, st))
         st.verdict, st.candidate, st.since = raw, None, now
         events.append(self._event(raw, "detected", ip, peer, now, None, st))
@@ -364,12 +365,13 @@ class VerdictEngine:
                     f"and nobody answered — {hint}")
         if verdict == DOWN_REACHABLE:
             svc = f"BIRD/calico-node on node {node}" if node else "the BGP daemon on that host"
+            proto, _, answers = wire_words(ip)
             if ev.replies:
-                proof = f"{ev.replies} ARP replies in {w}"
+                proof = f"{ev.replies} {answers} in {w}"
             elif ev.alive:
-                proof = f"it sent ARP in the last {w}"
+                proof = f"it sent {proto} in the last {w}"
             else:
-                proof = f"it answered ARP {alive_ago:.0f} s ago, after the session went down"
+                proof = f"it answered {proto} {alive_ago:.0f} s ago, after the session went down"
             return (f"{who} is down ({state}) but the host is alive ({proof}): "
                     f"a BGP problem, not a dead host — check {svc}")
         hint = f" — if node {node} is gone, `kubectl delete node {node}`" if node else ""

@@ -5,7 +5,8 @@ proof-of-life per IP, and returns the targets to limit plus `arp_sensor.ratelimi
 sensor/pipeline/limit_stage.py writes the result into the kernel every interval. The rules (docs/ratelimit.md):
 
 - auto mode limits `zombie-peer` targets (and `unanswered-target` ones with --limit-unanswered);
-- --limit-target adds manual targets (CIDRs up to /24, expanded to addresses);
+- --limit-target adds manual targets (CIDRs up to /24, IPv6 up to /120, expanded to addresses);
+- IPv6 targets are limited like IPv4 ones: their neighbour solicitations (never DAD) on tc egress;
 - never limited, whatever the source: an allow-listed address, an Established BGP peer, a target that
   showed it is alive (replied, announced itself or asked for others) within the verdict window. A manual
   entry refused for one of these reasons gets one warning per reason;
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sensor.errors import EXIT_USAGE, SensorError
-from sensor.events.encode import Event, ratelimit_event, warning_event
+from sensor.events.encode import Event, ratelimit_event, warning_event, wire_words
 from sensor.kernel.limitmap import MAX_BURST
 from sensor.model import Peer, PeerLookup
 
@@ -40,28 +41,28 @@ DEFAULT_BURST = 1
 DEFAULT_TTL_INTERVALS = 3
 MIN_PPS, MAX_PPS = 0.001, 1_000_000.0
 MAX_PREFIX_WIDTH = 24  # --limit-target CIDRs wider than /24 are refused (256 entries per interface)
+MAX_PREFIX_WIDTH6 = 120  # the same 256 addresses for IPv6
 MAX_TARGETS = 1024  # limited IPs at once; the kernel map holds 4096 (IPs x interfaces x directions)
 
 
-def parse_ipv4(spec: str, what: str) -> ipaddress.IPv4Network:
+def parse_net(spec: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        net = ipaddress.ip_network(spec.strip(), strict=False)
+        return ipaddress.ip_network(spec.strip(), strict=False)
     except ValueError:
-        raise SensorError(f"{what}: {spec!r} is not an IPv4 address or CIDR", EXIT_USAGE) from None
-    if net.version != 4:
-        raise SensorError(f"{what}: {spec!r} is IPv6; ARP rate limits are IPv4 only", EXIT_USAGE)
-    return net  # type: ignore[return-value]
+        raise SensorError(f"{what}: {spec!r} is not an IP address or CIDR", EXIT_USAGE) from None
 
 
 def expand_targets(specs: Iterable[str], max_width: int = MAX_PREFIX_WIDTH) -> list[str]:
-    """--limit-target values → addresses (a CIDR gives its host addresses; /31 and /32 both ends)."""
+    """--limit-target values → addresses (a CIDR gives its host addresses; /31 and /32 both ends; IPv6
+    in RFC 5952 text, as targets are named)."""
     out: dict[str, None] = {}
     for spec in specs:
-        net = parse_ipv4(spec, "--limit-target")
-        if net.prefixlen < max_width:
-            raise SensorError(f"--limit-target: {spec} is wider than /{max_width} "
+        net = parse_net(spec, "--limit-target")
+        width = max_width if net.version == 4 else max_width + MAX_PREFIX_WIDTH6 - MAX_PREFIX_WIDTH
+        if net.prefixlen < width:
+            raise SensorError(f"--limit-target: {spec} is wider than /{width} "
                               f"({net.num_addresses} addresses); list narrower CIDRs", EXIT_USAGE)
-        hosts = net.hosts() if net.prefixlen < 31 else iter(net)
+        hosts = net.hosts() if net.num_addresses > 2 else iter(net)
         for ip in hosts:
             out[str(ip)] = None
     if len(out) > MAX_TARGETS:
@@ -76,7 +77,7 @@ class LimitConfig:
     burst: int = DEFAULT_BURST
     ttl_s: float = 3.0
     targets: tuple[str, ...] = ()
-    allow: tuple[ipaddress.IPv4Network, ...] = ()
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     unanswered: bool = False
     ingress: bool = False
 
@@ -89,8 +90,8 @@ class LimitConfig:
         return self.mode == DRY_RUN
 
     def allowed(self, ip: str) -> bool:
-        addr = ipaddress.IPv4Address(ip)
-        return any(addr in net for net in self.allow)
+        addr = ipaddress.ip_address(ip)
+        return any(addr in net for net in self.allow)  # never true across families
 
 
 def config_from_options(*, mode: str = OFF, pps: float | None = None, burst: int | None = None,
@@ -126,7 +127,7 @@ def config_from_options(*, mode: str = OFF, pps: float | None = None, burst: int
         raise SensorError(f"--limit-ttl must be at most 3600 s (how long limits outlive a dead sensor), "
                           f"got {ttl:g}", EXIT_USAGE)
     return LimitConfig(mode=mode, pps=pps, burst=burst, ttl_s=ttl, targets=tuple(expand_targets(targets)),
-                       allow=tuple(parse_ipv4(a, "--limit-allow") for a in allow), unanswered=unanswered,
+                       allow=tuple(parse_net(a, "--limit-allow") for a in allow), unanswered=unanswered,
                        ingress=ingress)
 
 
@@ -167,7 +168,8 @@ class RateLimitPolicy:
             # A verdict is held while BIRD is unreachable; a manual entry has no evidence to lean on.
             return "it is a BGP peer whose state is unknown (BIRD not reachable)"
         if alive(ip):
-            return "it answered ARP (or sent ARP itself) within the verdict window"
+            proto = wire_words(ip)[0]
+            return f"it answered {proto} (or sent {proto} itself) within the verdict window"
         return None
 
     def update(self, verdicts: Mapping[str, str], peers: PeerLookup, alive: Callable[[str], bool],
@@ -204,7 +206,7 @@ class RateLimitPolicy:
         for ip, source in limit.items():
             if ip not in self.active:
                 a = self.active[ip] = Active(ip, source, now)
-                events.append(self._event("ratelimit-applied", a, now, _applied_reason(source), peers.get(ip)))
+                events.append(self._event("ratelimit-applied", a, now, _applied_reason(source, ip), peers.get(ip)))
         return Decision(limit, events, removed)
 
     def report(self, decision: Decision, totals: Mapping[str, tuple[int, int]], now: float, interval_s: float,
@@ -231,16 +233,17 @@ class RateLimitPolicy:
                dropped: int | None = None, would_drop: int | None = None,
                interval_s: float | None = None) -> Event:
         cfg = self.cfg
+        proto, reqs, _ = wire_words(a.ip)
         if action == "ratelimit-applied":
             verb = "would limit" if cfg.dry_run else "limiting"
-            msg = (f"{verb} ARP requests for {a.ip} to {cfg.pps:g}/s (burst {cfg.burst}): {reason}"
+            msg = (f"{verb} {reqs} for {a.ip} to {cfg.pps:g}/s (burst {cfg.burst}): {reason}"
                    + (" — dry run, nothing is dropped" if cfg.dry_run else ""))
         elif action == "ratelimit-removed":
-            msg = f"ARP rate limit for {a.ip} removed: {reason}"
+            msg = f"{proto} rate limit for {a.ip} removed: {reason}"
         elif cfg.dry_run:
-            msg = f"would have dropped {would_drop} ARP requests for {a.ip} in {interval_s:.1f} s (dry run)"
+            msg = f"would have dropped {would_drop} {reqs} for {a.ip} in {interval_s:.1f} s (dry run)"
         else:
-            msg = f"dropped {dropped} ARP requests for {a.ip} in {interval_s:.1f} s"
+            msg = f"dropped {dropped} {reqs} for {a.ip} in {interval_s:.1f} s"
         return ratelimit_event(
             action, a.ip, now, mode=cfg.mode, source=a.source, limit_pps=cfg.pps, limit_burst=cfg.burst,
             dropped=dropped if dropped is not None else (0 if action == "ratelimit-applied" else a.dropped),
@@ -250,7 +253,8 @@ class RateLimitPolicy:
             hostname=self.hostname)
 
 
-def _applied_reason(source: str) -> str:
-    return {ZOMBIE: "zombie-peer: a BGP peer that is down and never answers ARP",
-            UNANSWERED: "unanswered-target: nobody answers ARP for it",
+def _applied_reason(source: str, ip: str) -> str:
+    proto = wire_words(ip)[0]
+    return {ZOMBIE: f"zombie-peer: a BGP peer that is down and never answers {proto}",
+            UNANSWERED: f"unanswered-target: nobody answers {proto} for it",
             MANUAL: "listed with --limit-target"}[source]

@@ -66,7 +66,7 @@ class Runner:
             for note in att.notes:
                 self.log(note)
         fds = self.datapath.map_fds
-        self.reader = MapReader(*fds, self.opts.max_entries)
+        self.reader = MapReader(*fds, self.opts.max_entries, nd_fd=self.datapath.nd_map_fd)
         self.aggregator = Aggregator(self.ifnames)
         self.aggregator.update(self.reader.snapshot())  # baseline: maps are new, so all zero
         self.if_stats = self._read_if_stats()

@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from sensor.errors import EXIT_ENV, SensorError
+from sensor.events.encode import counts_of
 from sensor.lab import birdconf
 from sensor.lab.lab import Lab, require_tools
 
@@ -188,7 +189,7 @@ class Demo:
 
     def _rate(self, since: float, until: float) -> float:
         reqs = sum(
-            ev["arp"]["requests"]
+            counts_of(ev)["requests"]
             for ev in self.events
             if ev["event"]["dataset"] == "arp_sensor.target" and since <= ev["_t"] < until
         )
@@ -203,9 +204,10 @@ class Demo:
             ds = ev["event"]["dataset"]
             if ds == "arp_sensor.target":
                 t = per_target[ev["destination"]["ip"]]
-                t["requests"] += ev["arp"]["requests"]
-                t["senders"] |= {s["ip"] for s in ev["arp"].get("top_senders", [])}
-                per_sec[(ev["destination"]["ip"], ev["@timestamp"])] += ev["arp"]["requests"]
+                counts = counts_of(ev)
+                t["requests"] += counts["requests"]
+                t["senders"] |= {s["ip"] for s in counts.get("top_senders", [])}
+                per_sec[(ev["destination"]["ip"], ev["@timestamp"])] += counts["requests"]
             elif ds == "arp_sensor.peer":
                 alerts.append(ev)
         for (ip, _ts), reqs in per_sec.items():

@@ -98,10 +98,16 @@ class TopState:
     def sorted_rows(self, sort: str) -> list[Row]:
         rows = list(self.rows.values())
         if sort == "ip":
-            return sorted(rows, key=lambda r: ipaddress.ip_address(r.ip))
+            return sorted(rows, key=lambda r: _ip_key(r.ip))
         if sort == "senders":
-            return sorted(rows, key=lambda r: (-r.senders, -r.rate, ipaddress.ip_address(r.ip)))
-        return sorted(rows, key=lambda r: (-r.rate, -sum(r.history), ipaddress.ip_address(r.ip)))
+            return sorted(rows, key=lambda r: (-r.senders, -r.rate, _ip_key(r.ip)))
+        return sorted(rows, key=lambda r: (-r.rate, -sum(r.history), _ip_key(r.ip)))
+
+
+def _ip_key(ip: str) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """IPv4 before IPv6, numeric within a family (the two address types do not compare)."""
+    addr = ipaddress.ip_address(ip)
+    return addr.version, addr
 
 
 VERDICT_STYLE = {"zombie-peer": "bold red", "bgp-down-reachable": "yellow", "unanswered-target": "magenta",

@@ -260,3 +260,49 @@ def test_refresh_loses_no_kernel_counts_under_load(dp, lm, reader):
         stop.set()
         t.join()
     assert lm.get(key).dropped == 10000 == health_delta(reader, h0)["ratelimit_dropped"]
+
+
+# -- IPv6 neighbour solicitations: the same buckets, keyed with the IPv6 family -----------------------------
+TARGET6, ASKER6 = "2001:db8::4:7", "2001:db8::4:1"
+
+
+def test_ns_burst_then_drop_and_still_counted(dp, lm, reader):
+    key = put(lm, ip=TARGET6, burst=2)
+    assert LimitKey.unpack(key.pack()) == key
+    h0 = reader.read_health()
+    n0 = reader.read_entries()
+    ns = F.neighbour_solicitation(ASKER6, TARGET6)
+    assert run(dp.fn_tc_eg.fd, ns, 4) == [TC_ACT_UNSPEC] * 2 + [TC_ACT_SHOT] * 2
+    v = lm.get(key)
+    assert (v.passed, v.dropped) == (2, 2)
+    assert health_delta(reader, h0) == {"ratelimit_dropped": 2}
+    n1 = reader.read_entries()
+    moved = {k: c - n0.get(k, (0, 0))[0] for k, (c, _f) in n1.items() if c != n0.get(k, (0, 0))[0]}
+    assert [(k[1], k[2], n) for k, n in moved.items()] == [(TARGET6, ASKER6, 4)]  # dropped ones counted too
+
+
+def test_dad_and_advertisements_are_never_limited(dp, lm, reader):
+    """RFC 4862 duplicate address detection and every NA pass a limit on their address untouched."""
+    key = put(lm, ip=TARGET6, burst=1, tokens=0)
+    frames = [F.dad_probe(TARGET6), F.neighbour_advertisement(TARGET6, solicited=True, dst=ASKER6),
+              F.neighbour_advertisement(TARGET6)]
+    for frame in frames:
+        assert run(dp.fn_tc_eg.fd, frame, 3) == [TC_ACT_UNSPEC] * 3
+    v = lm.get(key)
+    assert (v.passed, v.dropped, v.would_drop) == (0, 0, 0)
+
+
+def test_families_do_not_share_buckets(dp, lm):
+    """An IPv6 limit whose first four bytes equal an IPv4 target's is a different entry (family in the key)."""
+    put(lm, ip="c612:407::", burst=1, tokens=0)  # c6.12.04.07 = 198.18.4.7 as the first four bytes
+    assert run(dp.fn_tc_eg.fd, req(), 3) == [TC_ACT_UNSPEC] * 3
+    assert run(dp.fn_tc_eg.fd, F.neighbour_solicitation(ASKER6, "c612:407::"), 1) == [TC_ACT_SHOT]
+
+
+def test_apply_and_refresh_an_ipv6_limit_through_limctl(dp, lm):
+    key = LimitKey(LO, TARGET6, DIR_EGRESS)
+    assert lm.apply(key, pps=2.0, burst=4, ttl_s=30, dry_run=True) is True
+    assert lm.apply(key, pps=5.0, burst=8, ttl_s=30, dry_run=False) is False  # refreshed under the lock
+    v = lm.get(key)
+    assert (v.rate_mpps, v.burst, v.dry_run) == (5000, 8, False)
+    assert lm.list_keys() == [key]

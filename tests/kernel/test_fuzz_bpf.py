@@ -1,10 +1,11 @@
 """Fuzzing the kernel program against the reference parser (tests/support/refparse.py).
 
-Hypothesis generates batches of frames: random bytes, valid ARP with one field mutated, every truncation
-of a frame, 0-3 VLAN tags, oversized and jumbo frames, 60-byte padded frames. Each frame goes through
+Hypothesis generates batches of frames: random bytes, valid ARP with one field mutated, valid IPv6
+neighbour solicitations/advertisements (and DAD) with one field mutated or an extension header, every
+truncation of a frame, 0-3 VLAN tags, oversized and jumbo frames, 60-byte padded frames. Each frame goes through
 BPF_PROG_TEST_RUN in the real kernel; after every frame the health counters must have moved exactly as
 the reference parser says (one classification per frame, malformed counted exactly), and after every
-batch the per-target and per-pair maps must hold exactly the reference's tally (nothing counted twice,
+batch the ARP map and the ND map must hold exactly the reference's tally (nothing counted twice,
 nothing lost, every key created once). The maps are emptied before each batch so a shrunk failing
 example replays identically."""
 
@@ -31,7 +32,7 @@ from sensor.kernel.layout import (
 )
 from sensor.kernel.reader import MapReader, pair_totals, target_totals
 from tests.support import frames as F
-from tests.support.refparse import ARP_LEN, TARGET_FIELD, classify
+from tests.support.refparse import ARP_LEN, ND_KINDS, TARGET_FIELD, classify
 from tests.support.refparse import KEY_F_MAC_MISMATCH as REF_MAC_MISMATCH
 
 XDP_PASS, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
@@ -41,6 +42,7 @@ MAP_SIZE = 16384  # far above the keys one batch creates: an eviction would be a
 READ_MAX = 4096
 MIN_FRAMES = 100_000
 KINDS = ("requests", "replies", "gratuitous", "probes")
+KINDS6 = ("solicitations", "advertisements_solicited", "advertisements_unsolicited", "dad")  # same slots, for ND
 KIND_NAMES = {KIND_REQUEST: "request", KIND_REPLY: "reply", KIND_GRATUITOUS: "gratuitous", KIND_PROBE: "probe"}
 
 
@@ -53,7 +55,7 @@ def dp():
 
 @pytest.fixture(scope="module")
 def reader(dp):
-    return MapReader(*dp.map_fds, READ_MAX)
+    return MapReader(*dp.map_fds, READ_MAX, nd_fd=dp.nd_map_fd)
 
 
 # -- strategies ---------------------------------------------------------------------------------------
@@ -111,15 +113,58 @@ def arp_frames(draw) -> bytes:
     return draw(tails(frame))
 
 
+# IPv6: a small pool again (repeats), "::" (DAD), and arbitrary 128-bit values.
+POOL6 = [f"2001:db8::{i:x}:{j:x}" for i in (0, 7) for j in (1, 2, 3, 0xFFFF)] + ["2001:db8:ffff::fe", "::"]
+ip6s = st.one_of(st.sampled_from(POOL6), st.integers(0, 2**128 - 1).map(
+    lambda n: socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big"))))
+macs = st.sampled_from([b"\x02\x00\x00\x00\x06\x01", b"\x02\x00\x00\x00\x06\x02"])
+# IPv6 + ND fields (offset from the IPv6 header, width) a mutation may overwrite: version/class, next
+# header, hop limit, source, ICMPv6 type, code, NA flags, the target, the first option's type and length.
+ND_FIELDS = {"version": (0, 1), "nexthdr": (6, 1), "hop_limit": (7, 1), "src": (8, 16), "type": (40, 1),
+             "code": (41, 1), "flags": (44, 1), "target": (48, 16), "opt_type": (64, 1), "opt_len": (65, 1)}
+EXT_TYPES = [0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254, 59, 6, 17]  # extension headers, then not
+
+
+@st.composite
+def nd_frames(draw) -> bytes:
+    """A valid NS, DAD or NA (0-3 tags, option MAC equal to or unlike the Ethernet source), maybe behind
+    an extension header, then at most one field mutated to any value."""
+    what = draw(st.sampled_from(["ns", "ns", "dad", "na", "na"]))
+    smac, lladdr = draw(macs), draw(macs)
+    target, vlans = draw(ip6s), draw(tags)
+    ext = F.hop_by_hop(draw(st.sampled_from(EXT_TYPES))) if draw(st.integers(0, 9)) == 0 else b""
+    if what == "na":
+        frame = F.neighbour_advertisement(target, smac=smac, solicited=draw(st.booleans()), vlans=vlans,
+                                          lladdr=lladdr)
+    else:
+        frame = F.neighbour_solicitation("::" if what == "dad" else draw(ip6s), target, smac, vlans, lladdr=lladdr,
+                                         ext=ext)
+    frame = bytearray(frame)
+    field = draw(st.sampled_from([None, None, *ND_FIELDS]))
+    start = 14 + 4 * len(vlans)
+    if field is not None and not ext:
+        off, width = ND_FIELDS[field]
+        value = draw(st.one_of(st.integers(0, 8), st.sampled_from([58, 135, 136, 255, 0x40, 0x60]),
+                               st.integers(0, 2 ** (8 * width) - 1)))
+        frame[start + off:start + off + width] = value.to_bytes(width, "big")
+    return draw(tails(bytes(frame)))
+
+
 @st.composite
 def random_frames(draw) -> bytes:
-    """Random bytes, often with an ARP or VLAN ethertype planted so the parser gets past byte 14."""
+    """Random bytes, often with an ARP, IPv6 or VLAN ethertype planted so the parser gets past byte 14
+    (and for IPv6 now and then ICMPv6 and an ND type, so random bytes reach the ND checks)."""
     body = bytearray(draw(st.binary(min_size=0, max_size=96)))
-    plant = draw(st.sampled_from([None, F.ETH_P_ARP, F.ETH_P_8021Q, F.ETH_P_8021AD]))
+    plant = draw(st.sampled_from([None, F.ETH_P_ARP, F.ETH_P_IPV6, F.ETH_P_8021Q, F.ETH_P_8021AD]))
     if plant is not None and len(body) >= 14:
         body[12:14] = plant.to_bytes(2, "big")
-        if plant != F.ETH_P_ARP and len(body) >= 18 and draw(st.booleans()):
-            body[16:18] = F.ETH_P_ARP.to_bytes(2, "big")
+        if plant in (F.ETH_P_8021Q, F.ETH_P_8021AD) and len(body) >= 18 and draw(st.booleans()):
+            body[16:18] = draw(st.sampled_from([F.ETH_P_ARP, F.ETH_P_IPV6])).to_bytes(2, "big")
+        if plant == F.ETH_P_IPV6 and len(body) >= 14 + 41 and draw(st.booleans()):
+            body[14 + 6] = 58
+            body[14 + 40] = draw(st.sampled_from([135, 136]))
+            if draw(st.booleans()):
+                body[14 + 7], body[14 + 41] = 255, 0
     return bytes(body)
 
 
@@ -127,11 +172,12 @@ def random_frames(draw) -> bytes:
 def batches(draw) -> tuple[str, list[bytes]]:
     entry = draw(st.sampled_from(list(ENTRY_POINTS)))
     out: list[bytes] = []
-    for frame in draw(st.lists(st.one_of(arp_frames(), random_frames()), min_size=4, max_size=16)):
+    for frame in draw(st.lists(st.one_of(arp_frames(), nd_frames(), random_frames()), min_size=4, max_size=16)):
         out.append(frame)
-        # Truncated at every offset through the headers (Ethernet, 3 tags, ARP) and a bit beyond; below
-        # the Ethernet header only a few cuts (all refused the same way, test_every_truncation... has all).
-        cuts = [0, 1, 13, *range(14, min(len(frame), 14 + 12 + ARP_LEN + 8))]
+        # Truncated at every offset through the headers (Ethernet, 3 tags, ARP or IPv6 + ND + option) and
+        # a bit beyond; below the Ethernet header only a few cuts (all refused the same way,
+        # test_every_truncation... has all).
+        cuts = [0, 1, 13, *range(14, min(len(frame), 14 + 12 + max(ARP_LEN, 40 + 24 + 8) + 8))]
         out.extend(frame[:cut] for cut in cuts if cut < len(frame))
     return entry, out
 
@@ -154,8 +200,9 @@ class Harness:
         self.kinds: Counter = Counter()
 
     def reset_maps(self) -> None:
-        for _ in self.dp.bpf[b"arp_counts"].items_lookup_and_delete_batch():
-            pass
+        for name in (b"arp_counts", b"nd_counts"):
+            for _ in self.dp.bpf[name].items_lookup_and_delete_batch():
+                pass
         assert not self.reader.read_entries()
 
     def run_batch(self, entry: str, frames: list[bytes]) -> None:
@@ -181,7 +228,7 @@ class Harness:
             assert res.retval == retval
             assert res.data_out[:len(frame)] == frame[:len(res.data_out)], "the program modified a frame"
             cur = self.reader.read_health()
-            moved = {k: cur[k] - prev[k] for k in cur if cur[k] != prev[k] and k != "inserts"}
+            moved = {k: cur[k] - prev[k] for k in cur if cur[k] != prev[k] and k not in ("inserts", "nd_inserts")}
             assert moved == dict(Counter(v.health)), f"{entry} frame {frame[:64].hex()}: kernel {moved}, reference {v}"
             prev = cur
             self.kinds[v.health[-1] if v.health else "ignored"] += 1
@@ -191,26 +238,31 @@ class Harness:
             if v.pair:
                 want_pairs[(*v.pair, v.vlan)] += 1
 
+        # Both maps, as the reader gives them to the aggregator: IPv6 rows carry ND kinds in the ARP slots.
         entries = self.reader.read_entries()
         got_targets: dict[tuple[str, int], Counter] = {}
         for (_ifindex, ip, vlan, d), val in target_totals(entries).items():
             assert d == direction
-            got_targets[(ip, vlan)] = Counter({k: n for k, n in zip(KINDS, val[:4], strict=True) if n})
+            kinds = KINDS6 if ":" in ip else KINDS
+            got_targets[(ip, vlan)] = Counter({k: n for k, n in zip(kinds, val[:4], strict=True) if n})
         assert got_targets == want_targets
         got_pairs = Counter()
         for (_ifindex, s, t, vlan, d), n in pair_totals(entries).items():
             assert d == direction
             got_pairs[(s, t, vlan)] = n
         assert got_pairs == want_pairs
-        # Every key was created exactly once, and nothing was evicted or refused by the map.
+        # Every key was created exactly once, and nothing was evicted or refused by either map.
         h_end = self.reader.read_health()
         assert len(entries) == len(want_entries)
         got_entries = Counter()
         for (_ifindex, ip, peer, vlan, _d, kind, mac, flags), (n, _first) in entries.items():
-            got_entries[(ip, peer, vlan, KIND_NAMES[kind], mac, flags)] += n
+            got_entries[(ip, peer, vlan, ND_KINDS[kind] if ":" in ip else KIND_NAMES[kind], mac, flags)] += n
         assert got_entries == want_entries
-        assert h_end["inserts"] - h_start["inserts"] == len(want_entries)
+        v6 = sum(1 for e in want_entries if ":" in e[0])
+        assert h_end["inserts"] - h_start["inserts"] == len(want_entries) - v6
+        assert h_end["nd_inserts"] - h_start["nd_inserts"] == v6
         assert h_end["insert_fail"] == h_start["insert_fail"]
+        assert h_end["nd_insert_fail"] == h_start["nd_insert_fail"]
 
 
 def test_kernel_matches_the_reference_parser(dp, reader):
@@ -230,7 +282,8 @@ def test_kernel_matches_the_reference_parser(dp, reader):
     print(f"fuzz: {harness.frames} frames, {harness.refused} refused, {dict(harness.kinds)}")
     assert harness.frames >= MIN_FRAMES, harness.frames
     for kind in ("ignored", "runt", "vlan_too_deep", "malformed", "other_op", "probe", "gratuitous", "request",
-                 "reply"):
+                 "reply", "nd_ext_hdr", "nd_malformed", "nd_dad", "nd_solicit", "nd_advert_solicited",
+                 "nd_advert_unsolicited"):
         assert harness.kinds[kind] >= 50, harness.kinds
     assert harness.refused >= 100
 
@@ -248,6 +301,28 @@ def test_every_truncation_of_every_frame_kind(dp, reader):
             harness.run_batch(entry, [frame[:cut] for cut in range(len(frame) + 1)])
     assert harness.refused == len(ENTRY_POINTS) * len(kinds) * 14
     assert {"runt", "vlan_too_deep", "malformed", "request", "reply", "probe", "gratuitous"} <= set(harness.kinds)
+
+
+def test_every_truncation_of_every_nd_frame_kind(dp, reader):
+    """The same for neighbour discovery: NS (untagged, one and two tags), DAD, both NAs, an NS behind a
+    hop-by-hop header, cut at every length. Below 14 bytes every run is refused; tc also refuses an
+    untagged IPv6 frame shorter than its IPv6 header (54 bytes)."""
+    harness = Harness(dp, reader)
+    kinds = [F.neighbour_solicitation("2001:db8::1", "2001:db8::2"),
+             F.neighbour_solicitation("2001:db8::1", "2001:db8::2", vlans=[(F.ETH_P_8021Q, 7)]),
+             F.neighbour_solicitation("2001:db8::1", "2001:db8::2", vlans=[(F.ETH_P_8021AD, 5), (F.ETH_P_8021Q, 6)]),
+             F.dad_probe("2001:db8::3"), F.neighbour_advertisement("2001:db8::2", solicited=True, dst="2001:db8::1"),
+             F.neighbour_advertisement("2001:db8::4"),
+             F.neighbour_solicitation("2001:db8::1", "2001:db8::2", ext=F.hop_by_hop())]
+    want_refused = 0
+    for entry in ENTRY_POINTS:
+        for frame in kinds:
+            harness.run_batch(entry, [frame[:cut] for cut in range(len(frame) + 1)])
+            untagged = frame[12:14] == F.ETH_P_IPV6.to_bytes(2, "big")
+            want_refused += 14 + (54 - 14 if entry != "xdp" and untagged else 0)
+    assert harness.refused == want_refused
+    assert {"nd_malformed", "nd_solicit", "nd_dad", "nd_advert_solicited", "nd_advert_unsolicited",
+            "nd_ext_hdr", "ignored"} <= set(harness.kinds)
 
 
 def test_reference_parser_on_known_frames():
@@ -276,6 +351,26 @@ def test_reference_parser_on_known_frames():
     inner = F.arp_request("198.18.0.1", "198.18.0.2", vlans=[(F.ETH_P_8021Q, 20)])
     assert classify(inner, skb_vlan=10).vlan == 10
     assert struct.calcsize("!HHBBH6s4s6s4s") == ARP_LEN
+    # ND: the key is the target from the body, not the IPv6 destination (the solicited-node group), in
+    # RFC 5952 text (of two equal zero runs the first is compressed).
+    ns = classify(F.neighbour_solicitation("2001:db8::1", "2001:db8:0:0:1::a"))
+    assert (ns.kind, ns.ip, ns.pair) == ("ns", "2001:db8::1:0:0:a", ("2001:db8::1", "2001:db8::1:0:0:a"))
+    assert classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", dst="2001:db8::9")).ip == "2001:db8::2"
+    assert classify(F.dad_probe("2001:db8::5")).health == ("nd", "nd_dad")
+    assert classify(F.dad_probe("2001:db8::5")).pair is None
+    assert classify(F.neighbour_advertisement("2001:db8::2", solicited=True)).kind == "na_solicited"
+    assert classify(F.neighbour_advertisement("2001:db8::2")).kind == "na_unsolicited"
+    assert classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", hop_limit=64)).health == (
+        "nd", "nd_malformed")
+    assert classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", code=3)).health == ("nd", "nd_malformed")
+    assert classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2")[:14 + 40 + 23]).health == (
+        "nd", "nd_malformed")
+    assert classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", ext=F.hop_by_hop())).health == (
+        "nd_ext_hdr",)
+    assert classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", vlans=qinq)).vlan == 9
+    assert classify(F.icmpv6_echo()).health == () and classify(F.ipv6_udp()).health == ()
+    spoofed = classify(F.neighbour_solicitation("2001:db8::1", "2001:db8::2", lladdr=b"\x02" * 6))
+    assert (spoofed.mac, spoofed.flags) == ("02:02:02:02:02:02", REF_MAC_MISMATCH)
     # The key's MAC is the ARP sha; the flag says the Ethernet source differs from it.
     req = F.arp_request("198.18.0.1", "198.18.0.2", sha=F.mac("02:00:00:00:00:aa"))
     assert (classify(req).mac, classify(req).flags) == ("02:00:00:00:00:aa", 0)

@@ -285,3 +285,23 @@ def test_demo_streams_json_and_names_the_dead_peer() -> None:
     assert name and leftovers(name[1]) == []
 
 
+
+
+def test_dual_stack_lab_meshes_over_both_families_and_a_dead_node_storms_both(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    """`lab up --ipv6`: sessions over IPv4 and IPv6 (Calico names), and a powered-off node draws ARP
+    requests and neighbour solicitations (for its address in the body) from the live nodes' reconnects."""
+    lab = lab_factory(3, hold_time=3, ipv6="2001:db8:17::/64")
+    st = lab.status()
+    for row in st["nodes"]:
+        others = [o for o in lab.nodes if o != row["node"]]
+        assert set(row["sessions"]) == {birdconf.protocol_name(ip) for o in others
+                                        for ip in (lab.ip(o), lab.ip6(o))}
+        assert row["established"] == row["expected"] == 4, row
+    assert lab.ip6("n1") == "2001:db8:17::1" and Lab.load(lab.name).ip6("n3") == "2001:db8:17::3"
+    with lab.arp_capture() as cap:
+        t_kill = time.time()
+        lab.kill("n1")  # the lowest address: both other nodes keep reconnecting to it
+        dead = {lab.ip("n1"), lab.ip6("n1")}
+        assert wait_for(lambda: all(cap.requests(since=t_kill)[ip] >= 3 for ip in dead), 30), cap.requests()
+    assert set(cap.requests(since=t_kill)) == dead
+    assert lab.not_established() == []  # the live nodes' sessions over both families stay up

@@ -73,3 +73,26 @@ def test_peerbook_survives_bird_stop_kill_freeze_restart(bird):
         assert {p.ip for p in book.peers()} == set(bird.peers)
         assert all(p.bgp_state in ("Idle", "Connect", "Active", "Passive") for p in book.peers())
     book.close()
+
+
+def test_ipv6_peers_from_one_dual_stack_bird_and_a_separate_bird6():
+    """Calico's two layouts: IPv6 sessions beside IPv4 ones in one BIRD 2 (bird.ctl), and a separate IPv6
+    BIRD (bird6.ctl). Every IPv6 peer is in the book under its RFC 5952 address, named as Calico names it,
+    so IPv6 targets (destination.ip in the same form) find their peer."""
+    from tests.support.birdproc import BirdNetns
+
+    with BirdNetns(n_peers=2, n_peers6=2) as dual, \
+            BirdNetns(n_peers=0, n_peers6=3, router6="2001:db8:6::1/64", socket_name="bird6.ctl") as bird6:
+        v6 = [ip for ip in dual.peers if ":" in ip] + bird6.peers
+        assert len(v6) == 5 and bird6.socket.endswith("/bird6.ctl")
+        book = PeerBook([dual.socket, bird6.socket], timeout=0.5)
+        assert book.refresh(1.0) == []
+        assert sorted(p.ip for p in book.peers()) == sorted(dual.peers + bird6.peers)
+        for ip in v6:
+            peer = book.get(ip)
+            assert peer is not None and peer.source == "bird", ip
+            assert peer.name == "Mesh_" + ip.replace(":", "_")
+            assert peer.bgp_state in ("Idle", "Connect", "Active", "Passive")
+            assert peer.socket == (bird6.socket if ip in bird6.peers else dual.socket)
+        assert book.get("2001:db8:6::2").ip == "2001:db8:6::2"  # the text targets carry
+        assert book.get("2001:db8:6:0:0:0:0:2") is None  # lookups are by RFC 5952 text, as events write it

@@ -16,8 +16,11 @@ VLAN, QINQ = F.ETH_P_8021Q, F.ETH_P_8021AD
 
 
 def summed_requests(events) -> dict:
+    """ARP requests per (direction, target, VLAN); IPv6 targets (nd.*) are summed_solicitations' business."""
     got: dict = defaultdict(int)
     for e in events:
+        if "arp" not in e:
+            continue
         vlan = int(e.get("network", {}).get("vlan", {}).get("id", 0))
         got[(e["network"]["direction"], e["destination"]["ip"], vlan)] += e["arp"]["requests"]
     return {k: v for k, v in got.items() if v}  # probe-only targets are events with 0 requests
@@ -73,7 +76,7 @@ def test_egress_counts_this_hosts_own_requests(veth_pair, sensor):
 def test_duration_and_sigterm_detach_everything(veth_pair, sensor):
     s = sensor(veth_pair.b, ["-i", veth_pair.b_if, "--interval", "0.2", "--attach", "tc"])
     progs = attached_programs(veth_pair.b, veth_pair.b_if)
-    assert len(progs["ingress"]) == 3 and len(progs["egress"]) == 3  # ARP, 802.1Q, 802.1ad
+    assert len(progs["ingress"]) == 4 and len(progs["egress"]) == 4  # ARP, 802.1Q, 802.1ad, IPv6
     s.proc.send_signal(signal.SIGINT)
     assert s.finish() == 0
     assert_nothing_attached(veth_pair.b, veth_pair.b_if)
@@ -137,10 +140,10 @@ def test_after_kill_9_the_next_run_cleans_up_and_detach_works(veth_pair, sensor)
     crashed = sensor(ns, ["-i", dev])
     crashed.kill()  # SIGKILL: no chance to detach
     left = attached_programs(ns, dev)
-    assert left["xdp"] and len(left["egress"]) == 3
+    assert left["xdp"] and len(left["egress"]) == 4
     s = sensor(ns, ["-i", dev, "--duration", "1"])
     progs = attached_programs(ns, dev)
-    assert len(progs["xdp"]) == 1 and len(progs["egress"]) == 3  # replaced, not doubled
+    assert len(progs["xdp"]) == 1 and len(progs["egress"]) == 4  # replaced, not doubled
     assert s.finish() == 0
     assert "removed a stale arp-sensor XDP program" in s.stderr
     assert_nothing_attached(ns, dev)
@@ -164,3 +167,59 @@ def test_interface_deleted_while_running(veth_pair, sensor):
     assert "Traceback" not in s.stderr and "no interface left" in s.stderr
     gone = [e for e in s.events("arp_sensor.health") if e["event"].get("action") == "interface-gone"]
     assert len(gone) == 1 and veth_pair.b_if in gone[0]["message"]
+
+
+def summed_solicitations(events) -> dict:
+    got: dict = defaultdict(int)
+    for e in events:
+        if e["network"].get("type") != "ipv6":
+            continue
+        vlan = int(e.get("network", {}).get("vlan", {}).get("id", 0))
+        got[(e["network"]["direction"], e["destination"]["ip"], vlan)] += e["nd"]["solicitations"]
+    return {k: v for k, v in got.items() if v}
+
+
+@pytest.mark.parametrize("attach", ["both", "tc"])
+def test_counts_neighbour_solicitations_exactly(veth_pair, sensor, attach):
+    """Known NS counts per IPv6 target (some tagged, one QinQ) are summed exactly in nd.solicitations;
+    DAD, advertisements, NS behind an extension header or with a wrong hop limit, and other IPv6 are not
+    solicitations. ARP beside them keeps arp.* with network.type ipv4."""
+    s = sensor(veth_pair.b, ["-i", veth_pair.b_if, "--attach", attach, "--interval", "0.5",
+                             "--min-requests", "1", "--top", "0"])
+    asker = "2001:db8::1"
+    sent = {
+        ("ingress", "2001:db8::7", 0): 9,
+        ("ingress", "2001:db8::8", 100): 6,
+        ("ingress", "2001:db8::9", 200): 4,  # QinQ: keyed by the outer tag
+        ("ingress", "2001:db8::a", 0): 1,
+    }
+    burst = ([F.neighbour_solicitation(asker, "2001:db8::7")] * 9
+             + [F.neighbour_solicitation(asker, "2001:db8::8", vlans=[(VLAN, 100)])] * 6
+             + [F.neighbour_solicitation("2001:db8::3", "2001:db8::9", vlans=[(QINQ, 200), (VLAN, 5)])] * 4
+             + [F.neighbour_solicitation(asker, "2001:db8::a")]
+             + [F.dad_probe("2001:db8::7"), F.neighbour_advertisement("2001:db8::7", solicited=True, dst=asker),
+                F.neighbour_advertisement("2001:db8::8", vlans=[(VLAN, 100)]),
+                F.neighbour_solicitation(asker, "2001:db8::7", hop_limit=64),
+                F.neighbour_solicitation(asker, "2001:db8::7", ext=F.hop_by_hop()), F.icmpv6_echo(), F.ipv6_udp(),
+                F.arp_request("198.18.0.1", "198.18.0.7")] * 2)
+    veth_pair.send_frames(burst)
+    assert s.finish() == 0, s.stderr
+    targets = s.events("arp_sensor.target")
+    got = {k: v for k, v in summed_solicitations(targets).items() if k[0] == "ingress"}
+    assert got == sent
+    by_ip = defaultdict(lambda: defaultdict(int))
+    for e in targets:
+        for k, v in e.get("nd", {}).items():
+            if isinstance(v, int):
+                by_ip[e["destination"]["ip"]][k] += v
+    assert by_ip["2001:db8::7"]["dad"] == 2 and by_ip["2001:db8::7"]["advertisements"] == 2
+    assert by_ip["2001:db8::8"]["unsolicited_advertisements"] == 2  # same (target, VLAN) as its solicitations
+    arp = [e for e in targets if e["destination"]["ip"] == "198.18.0.7"]
+    assert arp and all(e["network"]["type"] == "ipv4" and "arp" in e and "nd" not in e for e in arp)
+    ns7 = next(e for e in targets if e["destination"]["ip"] == "2001:db8::7" and e["nd"]["solicitations"])
+    assert ns7["nd"]["top_senders"][0] == {"ip": asker, "solicitations": ns7["nd"]["solicitations"]}
+    health = s.events("arp_sensor.health")
+    total = {k: sum(e["arp_sensor"]["health"].get(k, 0) for e in health) for k in ("nd_solicit", "nd_malformed",
+                                                                                     "nd_ext_hdr")}
+    assert total["nd_solicit"] >= sum(sent.values()) and total["nd_malformed"] >= 2 and total["nd_ext_hdr"] >= 2
+    assert_nothing_attached(veth_pair.b, veth_pair.b_if)

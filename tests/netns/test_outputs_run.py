@@ -32,7 +32,7 @@ def scrape(ns: str, port: int) -> dict[tuple[str, tuple], float]:
 def requests_by_ip(events) -> dict[str, int]:
     out: dict[str, int] = {}
     for e in events:
-        if e["event"]["dataset"] == "arp_sensor.target" and e["network"]["direction"] == "ingress":
+        if e["event"]["dataset"] == "arp_sensor.target" and e["network"]["direction"] == "ingress" and "arp" in e:
             out[e["destination"]["ip"]] = out.get(e["destination"]["ip"], 0) + e["arp"]["requests"]
     return out
 

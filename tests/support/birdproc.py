@@ -36,17 +36,23 @@ def _run(*args: str) -> None:
 class BirdNetns:
     """`with BirdNetns(n_peers=2) as b:` → a BIRD on `b.socket`; `b.stop()` / `b.start()` restart it."""
 
-    def __init__(self, n_peers: int = 2, router: str = "198.18.4.3/22") -> None:
+    def __init__(self, n_peers: int = 2, router: str = "198.18.4.3/22", n_peers6: int = 0,
+                 router6: str = "2001:db8:4::3/64", socket_name: str = "bird.ctl") -> None:
         """The router sits among its peers' addresses, so it is passive towards some (Calico's rule) and
-        connects to the others."""
+        connects to the others. n_peers6: IPv6 peers in the same BIRD (dual stack in one BIRD 2);
+        socket_name: bird6.ctl for Calico's separate IPv6 BIRD (n_peers=0, n_peers6=N)."""
         self.ns = f"abird{secrets.token_hex(3)}"
         self.dir = Path(tempfile.mkdtemp(prefix="arp-sensor-bird-"))
-        self.socket = str(self.dir / "bird.ctl")
-        self.router = router
+        self.socket = str(self.dir / socket_name)
+        self.router, self.router6 = router, router6 if n_peers6 else None
         self.router_ip = str(ipaddress.ip_interface(router).ip)
-        self.peers = peer_ips(n_peers, router)
+        peers4 = peer_ips(n_peers, router)
+        peers6 = peer_ips(n_peers6, router6) if n_peers6 else []
+        self.peers = peers4 + peers6
         self.conf = self.dir / "bird.conf"
-        self.conf.write_text(birdconf.render(self.router_ip, self.peers, hold_time=9, timers=FAST_TIMERS))
+        self.conf.write_text(birdconf.render(
+            self.router_ip, peers4, hold_time=9, timers=FAST_TIMERS,
+            local_ip6=str(ipaddress.ip_interface(router6).ip) if n_peers6 else None, peers6=peers6))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> BirdNetns:
@@ -56,6 +62,8 @@ class BirdNetns:
             _run(*ns, "link", "set", "lo", "up")
             _run(*ns, "link", "add", "vc", "type", "veth", "peer", "name", "vd")
             _run(*ns, "addr", "add", self.router, "dev", "vc")
+            if self.router6:
+                _run(*ns, "addr", "add", self.router6, "dev", "vc", "nodad")
             _run(*ns, "link", "set", "vc", "up")
             _run(*ns, "link", "set", "vd", "up")
             self.start()

@@ -152,3 +152,26 @@ def test_iso_long_since_and_long_names():
 def test_arbitrary_bytes_never_crash(data):
     with contextlib.suppress(BirdProtocolError, BirdCommandError):
         parse_protocols(parse_reply(data))
+
+
+@pytest.mark.parametrize("name,ip", [
+    ("Mesh_2001_db8__7", "2001:db8::7"),
+    ("Node_fd00_10_244__1_port_1790", "fd00:10:244::1"),
+    ("Global_2001_0db8_0000_0000_0000_0000_0000_0007", "2001:db8::7"),  # all eight groups, normalised
+    ("Mesh_198_18_0_7", "198.18.0.7"),
+    ("Mesh_2001_db8__7__1", None),  # two "::" is no address
+    ("Mesh_abc", None),
+])
+def test_calico_ipv6_names_give_the_rfc5952_address(name, ip):
+    """Without a `Neighbor address:` line (plain `show protocols`) the name is all there is."""
+    from sensor.peers.bird import BirdProtocol
+
+    assert BirdProtocol(name, "BGP", "---", "start", "00:00:01", "Active").neighbor_ip == ip
+
+
+def test_ipv6_neighbor_address_is_normalised():
+    from sensor.peers.bird import BirdProtocol
+
+    p = BirdProtocol("x", "BGP", "---", "start", "00:00:01", "Active",
+                     {"Neighbor address": "2001:DB8:0:0::7%eth0"})
+    assert p.neighbor_ip == "2001:db8::7"

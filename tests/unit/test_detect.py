@@ -259,3 +259,44 @@ def test_unanswered_alerts_are_capped_with_one_warning():
 def test_bad_window():
     with pytest.raises(ValueError):
         VerdictEngine(window_s=0)
+
+
+DEAD6, ASKER6 = "2001:db8::7", "2001:db8::1"
+
+
+def mesh_peer6(state: str = "Active", ip: str = DEAD6) -> Peer:
+    return Peer(name="Mesh_" + ip.replace(":", "_"), ip=ip, bgp_state=state, proto_state="start",
+                last_error="Socket: Connection refused" if state != "Established" else None, node_name="worker-7")
+
+
+def storm6(t: int) -> list[TargetWindow]:
+    # the aggregator's windows for an IPv6 target: solicitations in the requests slot
+    return [win(DEAD6, 3, senders=[(ASKER6, 2), ("2001:db8::2", 1)])]
+
+
+def test_ipv6_zombie_peer_with_nd_evidence_and_nd_words():
+    eng, book = VerdictEngine(window_s=W, hostname="sensor-1"), Book(mesh_peer6())
+    evs = run(eng, book, 0, 15, storm6)
+    assert acts(evs) == ["zombie-peer-detected"]
+    e = evs[0][1]
+    assert e["destination"]["ip"] == DEAD6 and e["network"]["type"] == "ipv6" and "arp" not in e
+    assert e["nd"]["solicitations"] == 30 and e["nd"]["top_senders"][0] == {"ip": ASKER6, "solicitations": 20}
+    assert e["bgp"]["peer"]["name"] == "Mesh_2001_db8__7"
+
+
+@pytest.mark.parametrize("proof", ["advertisement", "solicits-others"])
+def test_ipv6_proof_of_life_clears_the_zombie(proof):
+    """An advertisement for the IP, or the IP soliciting others (it shows as a sender), is proof of life."""
+    eng, book = VerdictEngine(window_s=W), Book(mesh_peer6())
+    run(eng, book, 0, 12, storm6)
+    assert eng.verdict(DEAD6) == ZOMBIE
+
+    def alive(t: int) -> list[TargetWindow]:
+        if proof == "advertisement":
+            return [*storm6(t), win(DEAD6, replies=1)]
+        return [*storm6(t), win("2001:db8::99", 1, senders=[(DEAD6, 1)])]
+
+    evs = run(eng, book, 12, 2, alive)
+    assert acts(evs) == ["zombie-peer-cleared"]
+    assert evs[0][1]["event"]["reason"] == "host answers neighbour discovery again"
+    assert eng.verdict(DEAD6) == HEALTHY

@@ -205,3 +205,51 @@ def test_vagrantfile_validates(tmp_path: Path) -> None:
 # ---- make demo
 
 
+
+
+# ---- dual stack (--ipv6)
+
+
+def test_dual_stack_configs_name_ipv6_peers_like_calico_and_keep_the_passive_rule() -> None:
+    ips, ips6 = ["198.18.0.1", "198.18.0.2", "198.18.0.3"], ["2001:db8::1", "2001:db8::2", "2001:db8::3"]
+    conf = birdconf.mesh(ips, ips6)["198.18.0.2"]
+    blocks = dict(re.findall(r"protocol bgp (Mesh_\S+) from bgp_template6 \{(.*?)\n\}", conf, re.S))
+    assert set(blocks) == {"Mesh_2001_db8__1", "Mesh_2001_db8__3"}
+    assert "passive on" in blocks["Mesh_2001_db8__3"] and "passive on" not in blocks["Mesh_2001_db8__1"]
+    assert "local 2001:db8::2 as 64512;" in conf and "router id 198.18.0.2;" in conf
+    assert birdconf.protocol_name("2001:db8:0::a") == "Mesh_2001_db8__a"
+    assert "bgp_template6" not in birdconf.mesh(ips)["198.18.0.2"]  # IPv4-only configs are unchanged
+    with pytest.raises(SensorError):
+        birdconf.mesh(ips, ips6[:2])
+
+
+@pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird (bird2) to parse configs")
+def test_dual_stack_config_parses_with_bird(tmp_path: Path) -> None:
+    conf = tmp_path / "b.conf"
+    conf.write_text(birdconf.mesh(["198.18.0.1", "198.18.0.2"], ["2001:db8::1", "2001:db8::2"])["198.18.0.1"])
+    r = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_parse_tcpdump_neighbour_solicitation_lines() -> None:
+    ns = ("1790000003.25 aa:bb:cc:00:00:02 > 33:33:ff:00:00:01, ethertype IPv6 (0x86dd), length 86: "
+          "2001:db8::2 > ff02::1:ff00:1: ICMP6, neighbor solicitation, who has 2001:db8::1, length 32")
+    tagged = ("1790000004.0 aa:bb:cc:00:00:02 > 33:33:ff:00:00:01, ethertype 802.1Q (0x8100), length 90: vlan 100, "
+              "p 0, ethertype IPv6 (0x86dd), fe80::1 > ff02::1:ff00:1: ICMP6, neighbor solicitation, who has "
+              "2001:db8::1, length 32")
+    a, b = parse_tcpdump_line(ns), parse_tcpdump_line(tagged)
+    assert a and (a.kind, a.target, a.sender, a.ts) == ("Request", "2001:db8::1", "2001:db8::2", 1790000003.25)
+    assert b and (b.kind, b.target, b.sender) == ("Request", "2001:db8::1", "fe80::1")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--ipv6", "--prefix6", "fd00::/64"], "must lie inside 2001:db8::/32"),
+    (["--ipv6", "--prefix6", "2001:db8::/126"], "too small for 3 nodes"),
+    (["--ipv6", "--prefix6", "nope"], "bad IPv6 prefix"),
+])
+def test_lab_up_rejects_bad_ipv6_prefix(args: list[str], needle: str) -> None:
+    name = unique_lab_name()
+    r = cli("lab", "up", "--name", name, "--nodes", "3", *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert leftovers(name) == []

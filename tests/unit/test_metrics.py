@@ -150,3 +150,26 @@ def test_warning_events_counted_by_action(metrics):
     assert got[("arp_sensor_warnings_total", (("action", "program-detached"),))] == 2
     assert got[("arp_sensor_warnings_total", (("action", "interface-gone"),))] == 1
     assert got[("arp_sensor_warnings_total", (("action", "other"),))] == 1
+
+
+def test_nd_counters_and_ipv6_drops_are_first_class(metrics):
+    """IPv6 neighbour discovery health counters get their own series; an IPv6 ratelimit event (nd.*) counts
+    its drops like an ARP one."""
+    from sensor.events.encode import ratelimit_event
+
+    port = metrics.serve("127.0.0.1", 0)
+    nd = {"nd": 20, "nd_solicit": 12, "nd_dad": 2, "nd_advert_solicited": 3, "nd_advert_unsolicited": 1,
+          "nd_malformed": 2, "nd_ext_hdr": 5, "nd_inserts": 4, "nd_insert_fail": 0}
+    metrics.observe_event(health_event({**HEALTH, **nd}, 1.8e9, "h"))
+    metrics.observe_event(ratelimit_event("ratelimit-dropping", "2001:db8::7", 1.8e9, mode="enforce",
+                                          source="zombie-peer", limit_pps=0.02, limit_burst=1, dropped=6, hostname="h"))
+    got = scrape(port)
+    assert got[("arp_sensor_nd_frames_total", ())] == 20
+    assert got[("arp_sensor_nd_messages_total", (("kind", "solicitation"),))] == 12
+    assert got[("arp_sensor_nd_messages_total", (("kind", "dad"),))] == 2
+    assert got[("arp_sensor_nd_messages_total", (("kind", "advertisement"),))] == 3
+    assert got[("arp_sensor_nd_messages_total", (("kind", "unsolicited_advertisement"),))] == 1
+    assert got[("arp_sensor_nd_malformed_frames_total", ())] == 2
+    assert got[("arp_sensor_nd_extension_header_frames_total", ())] == 5
+    assert got[("arp_sensor_nd_map_inserts_total", ())] == 4
+    assert got[("arp_sensor_ratelimit_dropped_total", ())] == 6

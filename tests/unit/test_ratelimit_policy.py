@@ -198,8 +198,8 @@ def test_expand_targets():
     ({"ttl": 0.5}, "--limit-ttl"),
     ({"ttl": 1.0}, "longer than --interval"),
     ({"targets": ["198.18.0.0/23"]}, "wider than /24"),
-    ({"targets": ["10.0.0.300"]}, "not an IPv4"),
-    ({"targets": ["2001:db8::1"]}, "IPv6"),
+    ({"targets": ["10.0.0.300"]}, "not an IP address"),
+    ({"targets": ["2001:db8::/64"]}, "wider than /120"),  # IPv6 targets are limited too, 256 at most
     ({"allow": ["nope"]}, "--limit-allow"),
     ({"attach": "xdp"}, "--attach"),
 ])
@@ -254,3 +254,28 @@ def test_every_event_matches_the_published_schema():
         ("arp_sensor.health", "ratelimit-refused")}
     for ev in evs:
         check(ev)
+
+
+DEAD6, LIVE6 = "2001:db8::3", "2001:db8::2"
+
+
+def test_ipv6_zombie_peers_are_limited_and_never_established_ones_or_allowed_ones():
+    """IPv6 targets go through the same rules: an IPv6 zombie peer is limited (its events carry nd.*), an
+    Established IPv6 peer or an allow-listed address never is, and an IPv4 allow list never matches IPv6."""
+    pol = RateLimitPolicy(cfg(allow=["198.18.0.0/24", "2001:db8::40/126"]), "node-a", peer_fields)
+    book = Book(bgp(DEAD6, "Active"), bgp(LIVE6, "Established"), bgp("2001:db8::41", "Active"))
+    d = pol.update({DEAD6: ZOMBIE, LIVE6: ZOMBIE, "2001:db8::41": ZOMBIE}, book, never_alive, T0)
+    assert d.limit == {DEAD6: ZOMBIE}
+    ev = next(e for e in d.events if e["destination"]["ip"] == DEAD6)
+    assert ev["network"]["type"] == "ipv6" and ev["nd"]["limit_pps"] == DEFAULT_PPS and "arp" not in ev
+    assert cfg(allow=["198.18.0.0/24"]).allowed(DEAD6) is False
+
+
+def test_ipv6_limit_targets_expand_like_ipv4_ones():
+    assert expand_targets(["2001:db8::a"]) == ["2001:db8::a"]
+    assert expand_targets(["2001:DB8:0::a/127"]) == ["2001:db8::a", "2001:db8::b"]
+    assert len(expand_targets(["2001:db8::/120"])) == 255  # hosts(): the subnet-router anycast is left out
+    with pytest.raises(SensorError, match="wider than /120"):
+        expand_targets(["2001:db8::/119"])
+    with pytest.raises(SensorError, match="not an IP address or CIDR"):
+        expand_targets(["2001:db8::zz"])

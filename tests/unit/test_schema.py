@@ -9,7 +9,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sensor.events.encode import base_event, health_event, peer_event, target_event, warning_event
+from sensor.events.encode import (
+    base_event,
+    counts_of,
+    health_event,
+    peer_event,
+    ratelimit_event,
+    target_event,
+    warning_event,
+)
 from sensor.model import TargetWindow, WindowKey
 from sensor.outputs import validate
 from sensor.pipeline.detect import VERDICTS, Evidence
@@ -22,6 +30,12 @@ def _target(direction="ingress", vlan=0, peer=None):
     w = TargetWindow(WindowKey(3, direction, vlan, "198.18.0.7"), "eth1", 2.0, requests=40, replies=1,
                      gratuitous=0, probes=2, senders=3, top_senders=[("198.18.0.1", 30), ("198.18.0.2", 10)])
     return target_event(w, 1.8e9, "node-a", peer)
+
+
+def _target6(direction="egress"):
+    w = TargetWindow(WindowKey(3, direction, 0, "2001:db8::7"), "eth1", 2.0, requests=6, replies=1, gratuitous=2,
+                     probes=1, senders=1, top_senders=[("2001:db8::1", 6)])
+    return target_event(w, 1.8e9, "node-a", {"name": "Mesh_2001_db8__7", "state": "Active"})
 
 
 def _health():
@@ -63,6 +77,14 @@ GOOD = {
     **{f"peer {v}-{c}": (lambda v=v, c=c: _peer(f"{v}-{c}")) for v in VERDICTS[1:] for c in ("detected", "cleared")},
     **{f"ratelimit {a}": (lambda a=a: _ratelimit(a)) for a in
        ("ratelimit-applied", "ratelimit-removed", "ratelimit-dropping")},
+    "target ipv6": _target6,
+    "peer alert ipv6": lambda: peer_event("zombie-peer-detected", "2001:db8::7", "zombie", 1.8e9,
+                                          peer={"name": "Mesh_2001_db8__7", "state": "Active"},
+                                          evidence=Evidence(40, 0, 0, 3, {"2001:db8::1": 30}).fields(10.0),
+                                          verdict="zombie-peer", hostname="node-a"),
+    "ratelimit ipv6": lambda: ratelimit_event("ratelimit-dropping", "2001:db8::7", 1.8e9, mode="enforce",
+                                              source="zombie-peer", limit_pps=0.02, limit_burst=1, dropped=3,
+                                              interval_s=1.0, hostname="node-a"),
 }
 
 
@@ -118,6 +140,12 @@ BAD = [
     ("ratelimit ratelimit-applied", "arp.dropped", _DEL, "required"),
     ("ratelimit ratelimit-applied", "event.action", "ratelimit-maybe", "is not one of"),
     ("target ingress", "event.dataset", "arp_sensor.other", "is not one of"),
+    ("target ipv6", "arp", {"requests": 1}, "'ipv4' was expected"),  # one family section, never both
+    ("target ipv6", "network.type", "ipv4", "'ipv6' was expected"),
+    ("target ipv6", "nd.top_senders", [{"ip": "2001:db8::1", "requests": 3}], "'solicitations' is a required"),
+    ("target ingress", "network.type", "ipv6", "'ipv4' was expected"),
+    ("peer alert ipv6", "nd.requests", 1, "'requests' was unexpected"),
+    ("ratelimit ipv6", "nd", _DEL, "'ipv4' was expected"),
 ]
 
 
@@ -169,3 +197,18 @@ def test_docs_examples_validate():
     assert {(e["event"]["dataset"], e["event"]["kind"]) for e in events} == {
         ("arp_sensor.target", "metric"), ("arp_sensor.peer", "alert"), ("arp_sensor.ratelimit", "event"),
         ("arp_sensor.health", "metric"), ("arp_sensor.health", "event")}
+
+
+def test_ipv6_events_carry_the_same_numbers_under_nd_names():
+    """One mapping (sensor.events.encode.ND_NAMES) both ways: an IPv6 target's `nd` section holds the
+    numbers an IPv4 target's `arp` section would, and counts_of() reads either back."""
+    v6 = _target6()
+    assert v6["network"]["type"] == "ipv6" and "arp" not in v6
+    assert v6["nd"]["solicitations"] == 6 and v6["nd"]["advertisements"] == 1
+    assert v6["nd"]["unsolicited_advertisements"] == 2 and v6["nd"]["dad"] == 1
+    assert v6["nd"]["top_senders"] == [{"ip": "2001:db8::1", "solicitations": 6}]
+    back = counts_of(v6)
+    assert (back["requests"], back["replies"], back["gratuitous"], back["probes"]) == (6, 1, 2, 1)
+    assert back["top_senders"] == [{"ip": "2001:db8::1", "requests": 6}]
+    v4 = _target()
+    assert v4["network"]["type"] == "ipv4" and counts_of(v4) == v4["arp"]

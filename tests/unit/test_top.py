@@ -161,3 +161,28 @@ def test_narrow_terminals_drop_columns_instead_of_truncating(width):
     assert all(len(line) <= width for line in text.splitlines())
 
 
+
+
+def test_ipv6_targets_sit_beside_ipv4_ones():
+    """Dual stack: IPv6 rows sort with IPv4 rows (IPv4 first by address; the two types do not compare), and
+    an IPv6 target event from `run` (nd.*) becomes a row with its solicitations as its rate."""
+    import json
+
+    from sensor.events.encode import target_event
+    from sensor.ui.top import EventFeed
+
+    s = TopState()
+    s.update(iv(tw("2001:db8::7", 30, top=[("2001:db8::1", 30)]), tw(BUSY, 30), tw("2001:db8::1:0", 5),
+                tw(QUIET, 5)))
+    assert [r.ip for r in s.sorted_rows("ip")] == [BUSY, QUIET, "2001:db8::7", "2001:db8::1:0"]
+    assert [r.ip for r in s.sorted_rows("requests")][:2] == [BUSY, "2001:db8::7"]
+    assert s.sorted_rows("senders")[0].ip == BUSY
+
+    feed, s6 = EventFeed(), TopState()
+    ev = target_event(TargetWindow(WindowKey(1, "egress", 0, "2001:db8::7"), "eth0", 1.0, requests=12,
+                                   replies=1, senders=2, top_senders=[("2001:db8::1", 8)]), 1.8e9, "h")
+    assert feed.feed(json.dumps(ev)) is None
+    health = _ev("arp_sensor.health", "metric", {"arp_sensor": {"health": {"interval_s": 1.0}}})
+    s6.update(feed.feed(json.dumps(health)))
+    [row] = s6.sorted_rows("requests")
+    assert (row.ip, row.rate, row.replies, row.top_sender) == ("2001:db8::7", 12, 1, "2001:db8::1")
