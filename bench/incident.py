@@ -25,6 +25,7 @@ this raises net.ipv4.neigh.default.gc_thresh2/3 through the lab's own option, an
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import shutil
 import sys
@@ -308,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tail", type=float, default=110.0, help="seconds after the hold timer before measuring")
     ap.add_argument("--no-enforce", action="store_true", help="skip the --rate-limit enforce phase")
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
+    ap.add_argument("--results", metavar="FILE", help="JSON file of results: sizes measured earlier are kept "
+                    "(a 250-node run is done once, alone), this run's replace theirs; the table shows all")
     a = ap.parse_args(argv)
     hold = None if a.hold_time == "default" else int(a.hold_time)
     results = []
@@ -317,6 +320,12 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as e:  # a mesh too big for this machine must not cost the smaller ones
             print(f"incident: {n} nodes failed: {e}", file=sys.stderr)
             results.append({"nodes": n, "error": str(e).splitlines()[0][:200]})
+    if a.results:
+        path = Path(a.results)
+        old = json.loads(path.read_text()) if path.exists() else []
+        mine = {r["nodes"] for r in results}
+        results = sorted([r for r in old if r["nodes"] not in mine] + results, key=lambda r: r["nodes"])
+        path.write_text(json.dumps(results, indent=1))
     if all("error" in r for r in results):
         raise SystemExit("incident: no lab size completed")
     text = render(results, a.dead, a.verdict_window, a.steady, a.tail)
