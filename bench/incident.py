@@ -156,12 +156,14 @@ def run_one(nodes: int, dead_share: float = 0.2, window: float = 6.0, steady_s: 
                  "window": window, "victims": [f"n{i}" for i in victims],
                  "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     neigh_before = [Path(p).read_text().strip() for p in NEIGH]
+    neigh_ours = neigh_before
     work = Path(tempfile.mkdtemp(prefix="arp-incident-"))
     sensors: dict[int, LiveSensor] = {}
     prom = cap = watch = None
     try:
         t0 = time.monotonic()
         lab.up(raise_neigh_limits=True, progress=log)
+        neigh_ours = [Path(p).read_text().strip() for p in NEIGH]
         lab.wait_established(timeout=120 + 4 * nodes, progress=log)
         res["established_s"] = time.monotonic() - t0
         log(f"incident: {nodes} nodes Established in {res['established_s']:.0f} s; sensors on {len(watched)}")
@@ -235,8 +237,10 @@ def run_one(nodes: int, dead_share: float = 0.2, window: float = 6.0, steady_s: 
             prom.stop()
         Lab.destroy(name)
         shutil.rmtree(work, ignore_errors=True)
-        for p, v in zip(NEIGH, neigh_before, strict=True):  # put the host's limits back
-            Path(p).write_text(v)
+        # put the host's limits back: only those we raised, and only if nobody changed them since
+        for p, before, ours in zip(NEIGH, neigh_before, neigh_ours, strict=True):
+            if ours != before and Path(p).read_text().strip() == ours:
+                Path(p).write_text(before)
 
 
 def predicted_pairs(nodes: int, dead_share: float = 0.2, max_sensors: int = 8) -> tuple[int, int, int]:
