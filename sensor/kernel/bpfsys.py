@@ -21,6 +21,10 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_LINK_CREATE = 28
+BPF_LINK_DETACH = 34
+
+BPF_XDP = 37  # enum bpf_attach_type
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_F_LOCK = 4  # update/lookup take the value's bpf_spin_lock
@@ -141,10 +145,13 @@ def _prog_info(prog_fd: int) -> bytes:
 
 
 def prog_name_by_id(prog_id: int) -> str | None:
-    """Name of a loaded program (as the kernel truncated it, 15 chars), or None if it is gone."""
+    """Name of a loaded program (as the kernel truncated it, 15 chars), or None if it is gone. Raises
+    BpfError(EPERM) without CAP_SYS_ADMIN: BPF_PROG_GET_FD_BY_ID needs it even with CAP_BPF."""
     try:
         fd = prog_fd_by_id(prog_id)
-    except BpfError:
+    except BpfError as e:
+        if e.errno == errno.EPERM:
+            raise
         return None
     try:
         # struct bpf_prog_info: char name[16] at offset 64.
@@ -155,6 +162,43 @@ def prog_name_by_id(prog_id: int) -> str | None:
 
 def prog_id_by_fd(prog_fd: int) -> int:
     return int.from_bytes(_prog_info(prog_fd)[4:8], "little")
+
+
+def link_create_xdp(prog_fd: int, ifindex: int, mode_flags: int) -> int:
+    """BPF_LINK_CREATE for XDP (kernel >= 5.9): a link fd. The kernel detaches the program when the last
+    fd of the link closes, so a SIGKILLed sensor leaves nothing attached; and a link never replaces an
+    attached program (EBUSY/EEXIST), nor can netlink replace or remove it."""
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, prog_fd)
+    _put(attr, 4, ctypes.c_uint32, ifindex)
+    _put(attr, 8, ctypes.c_uint32, BPF_XDP)
+    _put(attr, 12, ctypes.c_uint32, mode_flags)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+@dataclass
+class LinkInfo:
+    link_id: int
+    prog_id: int
+    ifindex: int  # 0 once the link was detached (BPF_LINK_DETACH, or its interface went away)
+
+
+def link_info(link_fd: int) -> LinkInfo:
+    """struct bpf_link_info {u32 type, id, prog_id; union {struct {u32 ifindex;} xdp; ...}} of a link."""
+    info = _attr(64)
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, link_fd)
+    _put(attr, 4, ctypes.c_uint32, ctypes.sizeof(info))
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return LinkInfo(_get(info, 4, ctypes.c_uint32), _get(info, 8, ctypes.c_uint32), _get(info, 16, ctypes.c_uint32))
+
+
+def link_detach(link_fd: int) -> None:
+    """BPF_LINK_DETACH: detaches the link's program now; the fd stays valid (a defunct link)."""
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, link_fd)
+    _bpf(BPF_LINK_DETACH, attr)
 
 
 def percpu_value_size(value_size: int) -> int:
