@@ -90,9 +90,26 @@ class Attachment:
     xdp_flags: int | None = None  # mode flags we attached XDP with, None if no XDP
     xdp_link_fd: int | None = None  # the BPF link holding our XDP program (None: netlink-attached)
     tc: list[tuple[int, int, int]] = field(default_factory=list)  # (parent, proto, prio) we added
+    # What should be attached, for the watchdog (kept while a hook is lost or taken).
+    want_xdp: int | None = None  # XDP mode flags
+    want_tc: dict[int, object] = field(default_factory=dict)  # parent -> program (bcc function)
     created_clsact: bool = False
     lock_fd: int | None = None
     notes: list[str] = field(default_factory=list)  # what we cleaned up on the way (stale programs)
+
+
+@dataclass
+class HookState:
+    """One hook as the watchdog found it. change: None (ours, untouched), "reattached" (it was removed
+    and the hook was free), "taken" (someone else's program is there: left alone), "failed" (free, but
+    attaching failed: detail says why)."""
+
+    ifname: str
+    hook: str  # xdp | tc-ingress | tc-egress
+    attached: bool
+    prog_id: int  # ours when attached, the other program's when taken, else 0
+    change: str | None = None
+    detail: str = ""
 
 
 class Datapath:
@@ -149,10 +166,13 @@ class Datapath:
         try:
             if attach in ("xdp", "both"):
                 self._attach_xdp(att, xdp_mode)
+                att.want_xdp = att.xdp_flags
             if attach == "tc":
                 self._attach_tc(att, TC_PARENT_INGRESS, self.fn_tc_in)
+                att.want_tc[TC_PARENT_INGRESS] = self.fn_tc_in
             if attach in ("tc", "both"):
                 self._attach_tc(att, TC_PARENT_EGRESS, self.fn_tc_eg)
+                att.want_tc[TC_PARENT_EGRESS] = self.fn_tc_eg
         except BaseException:
             self._detach(att)
             raise
@@ -225,6 +245,67 @@ class Datapath:
                 ipr.tc("add-filter", "bpf", att.ifindex, TC_HANDLE, fd=fn.fd, name=fn.name.decode(),
                        parent=parent, classid=1, direct_action=True, protocol=proto, prio=prio)
                 att.tc.append((parent, proto, prio))
+
+    # -- watchdog ----------------------------------------------------------------------------------
+    def check_hooks(self) -> list[HookState]:
+        """Once per interval: does every hook still hold our program? Someone may have removed it
+        (`bpftool link detach`, `tc qdisc del dev X clsact`, `tc filter del`) or put their own there.
+        Policy: re-attach when the hook is free; never replace someone else's program. Costs one bpf(2)
+        call per XDP link and one netlink dump per tc hook. Interfaces that are gone are skipped (the
+        runner reports those)."""
+        out: list[HookState] = []
+        for att in self.attachments:
+            if not _interface_exists(att.ifindex):
+                continue
+            if att.want_xdp is not None:
+                out.append(self._check_xdp(att))
+            for parent, fn in att.want_tc.items():
+                out.append(self._check_tc(att, parent, fn))
+        return out
+
+    def _check_xdp(self, att: Attachment) -> HookState:
+        from sensor.bpfsys import link_info
+
+        ours = _prog_id(self.fn_xdp.fd)
+        if att.xdp_link_fd is not None:
+            if link_info(att.xdp_link_fd).ifindex == att.ifindex:
+                return HookState(att.ifname, "xdp", True, ours)
+            os.close(att.xdp_link_fd)  # a defunct link: detached by someone, it holds nothing now
+            att.xdp_link_fd = None
+            att.xdp_flags = None
+        elif att.xdp_flags is not None and xdp_query(att.ifindex)[0] == ours:
+            return HookState(att.ifname, "xdp", True, ours)
+        att.xdp_flags = None
+        other = xdp_query(att.ifindex)[0]
+        if other:
+            return HookState(att.ifname, "xdp", False, other, "taken")
+        try:
+            mode = {XDP_FLAGS_DRV_MODE: "native", XDP_FLAGS_SKB_MODE: "generic"}[att.want_xdp or 0]
+            self._attach_xdp(att, mode)
+        except SensorError as e:
+            return HookState(att.ifname, "xdp", False, xdp_query(att.ifindex)[0], "failed", str(e))
+        return HookState(att.ifname, "xdp", True, ours, "reattached")
+
+    def _check_tc(self, att: Attachment, parent: int, fn) -> HookState:
+        from pyroute2 import IPRoute
+
+        hook = "tc-ingress" if parent == TC_PARENT_INGRESS else "tc-egress"
+        name = fn.name.decode()
+        prios = {p for _, p in TC_PROTOS}
+        with IPRoute() as ipr:
+            filters = [f for f in tc_filters(ipr, att.ifindex, parent) if f["prio"] in prios]
+        if sorted(f["prio"] for f in filters if f["name"] == name) == sorted(prios):
+            return HookState(att.ifname, hook, True, _prog_id(fn.fd))
+        foreign = [f for f in filters if not f["name"].startswith("arpsensor_")]
+        if foreign:
+            return HookState(att.ifname, hook, False, 0, "taken", f"{foreign[0]['name'] or foreign[0]['kind']} "
+                             f"at priority {foreign[0]['prio']}")
+        att.tc = [t for t in att.tc if t[0] != parent]
+        try:
+            self._attach_tc(att, parent, fn)  # removes what is left of ours at that hook, adds all three
+        except (SensorError, OSError) as e:
+            return HookState(att.ifname, hook, False, 0, "failed", str(e))
+        return HookState(att.ifname, hook, True, _prog_id(fn.fd), "reattached")
 
     # -- detach ------------------------------------------------------------------------------------
     def detach_all(self) -> list[str]:

@@ -126,6 +126,12 @@ class SensorProcess:
             t.join(timeout=10)
         self.stdout, self.stderr = "".join(self._out), "".join(self._err)
 
+    def events_so_far(self) -> list[dict]:
+        """The events the sensor has written up to now, while it runs (schema-validated)."""
+        from tests.fixtures_schema import parse_events
+
+        return parse_events("".join(list(self._out)))
+
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not self.ready.exists():
