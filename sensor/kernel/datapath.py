@@ -264,7 +264,7 @@ class Datapath:
         return out
 
     def _check_xdp(self, att: Attachment) -> HookState:
-        from sensor.bpfsys import link_info
+        from sensor.kernel.bpfsys import link_info
 
         ours = _prog_id(self.fn_xdp.fd)
         if att.xdp_link_fd is not None:

@@ -128,7 +128,7 @@ class SensorProcess:
 
     def events_so_far(self) -> list[dict]:
         """The events the sensor has written up to now, while it runs (schema-validated)."""
-        from tests.fixtures_schema import parse_events
+        from tests.support.fixtures_schema import parse_events
 
         return parse_events("".join(list(self._out)))
 

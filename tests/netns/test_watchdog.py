@@ -14,14 +14,10 @@ import signal
 import time
 from datetime import UTC, datetime
 
-import pytest
-
-from sensor import frames as F
-from tests.fixtures_netns import attached_programs, needs_root, ns_exec
-from tests.test_faults import _stopped
-from tests.test_netns import _attach_foreign_xdp
-
-pytestmark = [needs_root, pytest.mark.root]
+from tests.netns.test_faults import _stopped
+from tests.netns.test_netns import _attach_foreign_xdp
+from tests.support import frames as F
+from tests.support.fixtures_netns import attached_programs, ns_exec
 
 TARGET = "198.18.0.90"
 
