@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -345,19 +346,27 @@ def prog_fd_by_id(prog_id: int) -> int:
 
 
 def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_addr: int, value_slot: int,
-                          max_entries: int) -> int:
+                          max_entries: int, grow: Callable[[int], tuple[int, int, int] | None] | None = None
+                          ) -> tuple[int, bool]:
     """BPF_MAP_LOOKUP_BATCH into caller-owned buffers (no allocation, no copy): `max_entries` keys of
     key_size bytes at keys_addr, values of value_slot bytes each (for per-CPU maps:
-    percpu_value_size(value_size) * possible_cpus()) at values_addr. Returns how many were read.
+    percpu_value_size(value_size) * possible_cpus()) at values_addr. Returns (entries read, complete).
 
     The read is not atomic: under churn (an LRU map flooded with new keys) it can meet more entries than
-    the map holds, so callers give the buffers headroom (MapReader does). If they still fill up, the read
-    stops there and returns what it has; the kernel's ENOSPC (next bucket bigger than the room left) is
-    never raised into the poll loop."""
+    the map holds. When the buffers are full before the end of the map (or the next bucket does not fit:
+    ENOSPC), `grow(entries read)` must return bigger buffers holding the entries read so far, as
+    (keys_addr, values_addr, max_entries), and the read resumes where it stopped. Without `grow`, or
+    when it returns None, the read stops there and `complete` is False: a cut-short snapshot, whose
+    missing entries a caller must not take for gone. ENOSPC never reaches the poll loop."""
     token = ctypes.c_uint32(0)
     total = 0
     first = True
-    while total < max_entries:
+    while True:
+        if total >= max_entries:
+            room = grow(total) if grow else None
+            if room is None:
+                return total, False
+            keys_addr, values_addr, max_entries = room
         attr = _attr()
         _put(attr, 0, ctypes.c_uint64, 0 if first else ctypes.addressof(token))
         _put(attr, 8, ctypes.c_uint64, ctypes.addressof(token))
@@ -365,18 +374,25 @@ def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_add
         _put(attr, 24, ctypes.c_uint64, values_addr + value_slot * total)
         _put(attr, 32, ctypes.c_uint32, max_entries - total)
         _put(attr, 36, ctypes.c_uint32, map_fd)
-        first = False
         try:
             _bpf(BPF_MAP_LOOKUP_BATCH, attr)
         except BpfError as e:
-            total += _get(attr, 32, ctypes.c_uint32)
+            got = _get(attr, 32, ctypes.c_uint32)
+            total += got
             if e.errno == errno.ENOENT:  # the end of the map: the normal way out
-                break
-            if e.errno == errno.ENOSPC and total > 0:  # the buffer is full: return what fits
-                break
+                return total, True
+            if e.errno == errno.ENOSPC:
+                # The next bucket is bigger than the room left; the kernel left the token on it. The first
+                # call only moves the token once it read something.
+                first = first and got == 0
+                room = grow(total) if grow else None
+                if room is None:
+                    return total, False
+                keys_addr, values_addr, max_entries = room
+                continue
             raise
+        first = False
         got = _get(attr, 32, ctypes.c_uint32)
         total += got
         if got == 0:
-            break
-    return total
+            return total, True
