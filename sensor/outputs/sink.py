@@ -194,9 +194,14 @@ class QueuedSink(Sink):
                     continue
             try:
                 self._pump()
-            except OSError as e:
+            except OSError as e:  # incl. forward's AckError: count, reconnect, resend
                 self._error(e)
                 self._disconnect()
+            except Exception as e:  # a bug must not kill the sender thread silently either; no hot loop
+                self._error(e)
+                self._disconnect()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
         self._disconnect()
 
     def _disconnect(self) -> None:
