@@ -1,6 +1,7 @@
-"""What every sink shares: counters and the Dispatcher's interface (Sink), and for network sinks a
-bounded queue drained by one daemon thread per sink with non-blocking sockets and reconnect backoff
-(QueuedSink), so `put()` never blocks the interval loop and `close()` always returns by its deadline.
+"""What every sink shares: counters and the Dispatcher's interface (Sink), and for stdout and the network
+sinks a bounded queue drained by one daemon thread per sink with non-blocking sockets and reconnect
+backoff (QueuedSink), so `put()` never blocks the interval loop and `close()` always returns by its
+deadline.
 """
 
 

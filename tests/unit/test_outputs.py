@@ -112,7 +112,7 @@ def test_stdout_lines_validate(capsys):
     with build_outputs(["-"]) as d:
         for ev in events:
             d.emit(ev)
-        st = d.stats()["-"]
+    st = d.stats()["-"]  # after close: stdout is written by its own thread, close() drains it
     got = parse_events(capsys.readouterr().out)
     assert got == events
     assert st == {"type": "stdout", "queued": 0, "sent": 60, "dropped": 0, "errors": 0, "connected": True}
