@@ -143,11 +143,10 @@ from sensor.cli import cli
 
 @cli.command("emit-test")
 def emit_test():
-    d = build_outputs(["-"])
-    d.emit(base_event("arp_sensor.health", "metric", 1.8e9, "h") | {"arp_sensor": {"schema_version": "1",
-           "health": {"frames": 1}}})
-    d.emit(base_event("arp_sensor.peer", "alert", 1.8e9, "h"))  # invalid: no action, peer, message
-    d.close(1)
+    with build_outputs(["-"]) as d:  # closed (stdout's queue drained) on the error path too, as run does
+        d.emit(base_event("arp_sensor.health", "metric", 1.8e9, "h") | {"arp_sensor": {"schema_version": "1",
+               "health": {"frames": 1}}})
+        d.emit(base_event("arp_sensor.peer", "alert", 1.8e9, "h"))  # invalid: no action, peer, message
 
 sys.argv = ["arp-sensor", "emit-test"]
 main()
