@@ -17,6 +17,7 @@ from sensor.events.encode import Event, warning_event
 from sensor.model import Interval, StageContext
 from sensor.peers import PeerBook, peer_fields
 from sensor.peers.book import CALICO_BIRD_SOCKETS
+from sensor.peers.own import OwnAddresses
 from sensor.pipeline.detect import VerdictEngine
 
 if TYPE_CHECKING:
@@ -52,8 +53,9 @@ class PeerStage:
         book = PeerBook(explicit, optional_sockets=[] if explicit else list(CALICO_BIRD_SOCKETS),
                         peers_file=peers_file, k8s_nodes=k8s_nodes,
                         timeout=min(0.25, interval / 4), budget=min(0.5, interval / 2), hostname=hostname)
-        engine = VerdictEngine(window_s=verdict_window, min_requests=min_requests, hostname=hostname)
-        ctx.verdicts, ctx.peers = engine, book
+        own = OwnAddresses()
+        engine = VerdictEngine(window_s=verdict_window, min_requests=min_requests, hostname=hostname, own=own)
+        ctx.verdicts, ctx.peers, ctx.own = engine, book, own
         return cls(book, engine)
 
     def on_interval(self, interval: Interval, now: float) -> list[Event]:

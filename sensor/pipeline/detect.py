@@ -35,7 +35,7 @@ Hysteresis (the rule the tests check):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,9 +136,12 @@ class VerdictEngine:
     """Per-IP verdicts with hysteresis over a sliding window; see the module docstring for the rules."""
 
     def __init__(self, window_s: float = 10.0, min_requests: int = 3, hostname: str | None = None,
-                 max_tracked: int = 16384, max_unanswered: int = 64) -> None:
+                 max_tracked: int = 16384, max_unanswered: int = 64,
+                 own: Callable[[str], bool] | None = None) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be > 0")
+        # This host's own addresses are never unanswered: with XDP only, our own replies are never seen.
+        self.own = own or (lambda ip: False)
         self.window_s = window_s
         self.min_requests = max(1, min_requests)
         self.hostname = hostname
@@ -243,7 +246,7 @@ class VerdictEngine:
         ev.senders = max(ev.senders, len(ev.top))
         return ev
 
-    def _raw(self, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
+    def _raw(self, ip: str, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
         """The verdict this interval's evidence alone points to; None = unknown (hold)."""
         if peer is not None and peer.is_bgp:
             if peer.bgp_state is None:
@@ -257,7 +260,7 @@ class VerdictEngine:
             if st.last_alive is not None and st.down_since is not None and st.last_alive >= st.down_since:
                 return DOWN_REACHABLE
             return HEALTHY  # down, but nobody asks for it: nothing to say from ARP
-        if ev.requests >= self.min_requests and not ev.alive:
+        if ev.requests >= self.min_requests and not ev.alive and not self.own(ip):
             return UNANSWERED
         return HEALTHY
 
@@ -282,6 +285,8 @@ class VerdictEngine:
         elif v == UNANSWERED:
             if ev.alive:
                 return f"host answers {proto}"
+            if self.own(ip):
+                return "it is one of this host's own addresses"
             if ev.requests == 0:
                 return f"no {reqs} for it in {self.window_s:g} s"
             if bgp and peer is not None and peer.bgp_state is not None:
@@ -306,7 +311,7 @@ class VerdictEngine:
             if was == UNANSWERED and bgp_now:
                 # the same evidence already held for a window: a zombie need not wait another one
                 st.candidate, st.candidate_since = ZOMBIE, now - self.window_s
-        raw = self._raw(st, peer, ev)
+        raw = self._raw(ip, st, peer, ev)
         if raw is None or raw == st.verdict:
             st.candidate = None
             return events

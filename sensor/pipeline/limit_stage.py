@@ -65,11 +65,11 @@ class RateLimitStage:
     options: ClassVar[list[Callable[[Any], Any]]] = OPTIONS
 
     def __init__(self, cfg: LimitConfig, verdicts: VerdictView, peers: PeerLookup, hostname: str | None = None,
-                 log: Log | None = None) -> None:
+                 log: Log | None = None, own: Callable[[str], bool] | None = None) -> None:
         self.cfg = cfg
         self.verdicts = verdicts
         self.peers = peers
-        self.policy = RateLimitPolicy(cfg, hostname, peer_fields)
+        self.policy = RateLimitPolicy(cfg, hostname, peer_fields, own)
         self.log = log or (lambda msg: None)
         self.runner: Runner | None = None
         self.lm: LimitMap | None = None
@@ -87,7 +87,7 @@ class RateLimitStage:
             return None
         if ctx.verdicts is None or ctx.peers is None:
             raise RuntimeError("RateLimitStage must be built after the PeerStage (sensor.pipeline.stages)")
-        return cls(cfg, ctx.verdicts, ctx.peers, ctx.hostname, ctx.log)
+        return cls(cfg, ctx.verdicts, ctx.peers, ctx.hostname, ctx.log, ctx.own)
 
     def install(self, runner: Runner) -> None:
         """Register after the PeerStage: its hook updates the verdicts this one reads."""
