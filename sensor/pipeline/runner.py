@@ -50,6 +50,8 @@ class Runner:
         # Hooks for later stages (peers, verdicts, rate limits): called once per interval.
         self.interval_hooks: list[Callable[[Interval, float], list[events.Event]]] = []
         self.target_annotators: list[Callable[[str], dict | None]] = []
+        # Stages add their own counters to every health event (e.g. the rate-limit stage).
+        self.health_sources: list[Callable[[], dict]] = []
         # The attach watchdog: each hook as last checked, and its state ("ok", "taken", "failed").
         self.hooks: list = []
         self.hook_states: dict[tuple[str, str], str] = {}
@@ -159,6 +161,8 @@ class Runner:
         h["frames_tx"] = sum(v[1] - self.if_stats.get(k, v)[1] for k, v in stats.items())
         self.if_stats = stats
         h.update(iv.health)
+        for source in self.health_sources:
+            h.update(source())
         h["hooks_attached"] = sum(hk.attached for hk in self.hooks)
         h["hooks"] = [{"interface": hk.ifname, "hook": hk.hook, "attached": hk.attached, "prog_id": hk.prog_id}
                       for hk in self.hooks]
