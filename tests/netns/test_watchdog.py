@@ -14,6 +14,7 @@ import signal
 import time
 from datetime import UTC, datetime
 
+from sensor.kernel.datapath import TC_PROTOS
 from tests.netns.test_faults import _stopped
 from tests.netns.test_netns import _attach_foreign_xdp
 from tests.support import frames as F
@@ -117,7 +118,7 @@ def test_clsact_deleted_under_a_running_sensor_is_reported_and_reattached(veth_p
     ws = _within_one_interval(s, "program-detached", t[0], n=2)  # ingress and egress
     assert all("re-attached" in w["message"] for w in ws)
     progs = attached_programs(ns, dev)
-    assert len(progs["ingress"]) == 3 and len(progs["egress"]) == 3
+    assert len(progs["ingress"]) == len(TC_PROTOS) and len(progs["egress"]) == len(TC_PROTOS)
     assert _count_after(veth_pair, s, 5) == 5
     # Both hooks were lost and came back: one warning each, nothing more.
     assert sorted(e["message"].split(" on ")[1] for e in _actions(s.events(), "program-detached")) == [
