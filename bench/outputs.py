@@ -25,7 +25,7 @@ from bench.report import machine, median, table, write_section
 from sensor.events.encode import target_event
 from sensor.model import TargetWindow, WindowKey
 from sensor.outputs import build_outputs
-from sensor.outputs.encode import encode_forward_entry, encode_json
+from sensor.outputs.wire import encode_forward_entry, encode_json
 
 SINKS = ["stdout", "file", "tcp", "unix", "udp", "forward", "forward-ack"]
 

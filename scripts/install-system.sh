@@ -11,6 +11,7 @@ PKGS=(
   tcpdump netsniff-ng arping                           # traffic tools for tests and benchmarks
   syslog-ng-core                                       # a real log receiver for the output tests
   tmux vagrant                                         # top's pty test; `vagrant validate`
+  prometheus                                           # promtool (rule tests) and a real server for the lab test
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -32,7 +33,7 @@ else
 fi
 
 # Debian starts services on install where an init system runs them; the lab and tests start their own.
-for svc in bird syslog-ng; do
+for svc in bird syslog-ng prometheus; do
   if pgrep -x "$svc" >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -10,9 +11,8 @@ from sensor import __version__, sdnotify
 from sensor.config import ENV_VAR as CONFIG_ENV
 from sensor.config import ConfigGroup, config_option
 from sensor.errors import EXIT_INTERNAL, SensorError
-from sensor.outputs.stage import OutputStage, output_options
-from sensor.peers.stage import PeerStage, peer_options
-from sensor.pipeline.limit_stage import RATELIMIT_KEYS, RateLimitStage, config_from_cli, ratelimit_options
+from sensor.kernel.layout import DEFAULT_MAX_ENTRIES
+from sensor.pipeline.stages import stage_options
 
 
 @click.group(cls=ConfigGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,17 +47,14 @@ def _log(msg: str) -> None:
               help="Only targets with at least N requests in the interval (0: any ARP activity).")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Written once every program is attached: start traffic after it appears.")
-@click.option("--max-entries", type=click.IntRange(256, 1 << 22), default=32768, show_default=True,
+@click.option("--max-entries", type=click.IntRange(256, 1 << 22), default=DEFAULT_MAX_ENTRIES, show_default=True,
               help="Size of the in-kernel LRU map: one entry per (target, sender) and per replier. "
                    "Kernel memory is about max-entries x (16 x CPUs + 80) bytes.")
 @click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
-@peer_options
-@ratelimit_options
-@output_options
+@stage_options(outputs=True)
 def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,
         top: int, min_requests: int, ready_file: str | None, max_entries: int,
-        hostname: str | None, output: tuple[str, ...], tag: str, metrics_port: int | None, metrics_addr: str,
-        **peer_opts) -> None:
+        hostname: str | None, **stage_opts: Any) -> None:
     """Count ARP per target in the kernel and stream JSON events.
 
     \b
@@ -73,38 +70,31 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
     Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 environment (privileges, kernel
     headers, bcc), 4 conflict (a foreign XDP program or tc filter, another arp-sensor).
     """
+    from sensor.model import StageContext
     from sensor.pipeline.runner import Runner, RunOptions, check_options
+    from sensor.pipeline.stages import build_stages, close_stages, install_stages
 
     opts = RunOptions(interfaces=list(interfaces), attach=attach, xdp_mode=xdp_mode, interval=interval,
                       duration=duration, top=top, min_requests=min_requests, ready_file=ready_file,
                       max_entries=max_entries)
     if hostname:
         opts.hostname = hostname
-    limit_cfg = config_from_cli({k: peer_opts.pop(k) for k in RATELIMIT_KEYS}, interval, attach)
     check_options(opts)
-    out = OutputStage.from_options(output=output, tag=tag, metrics_port=metrics_port, metrics_addr=metrics_addr)
-    runner = Runner(opts, out.emit, _log)
-    peer_stage = PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname)
-    peer_stage.install(runner)
-    out.verdicts = peer_stage.engine.verdicts
-    limiter = RateLimitStage(limit_cfg, peer_stage, opts.hostname, _log) if limit_cfg.enabled else None
-    if limiter:
-        limiter.install(runner)
-    runner.install_signal_handlers()
-    out.install_signal_handlers()
-    runner.ready_hooks.append(lambda: sdnotify.ready(f"watching {', '.join(opts.interfaces)}"))
+    ctx = StageContext(interval=interval, attach=attach, hostname=opts.hostname, log=_log)
+    stages = build_stages(ctx, stage_opts, outputs=True)
+    runner = Runner(opts, lambda ev: None, _log)  # the output stage installs the real emit
     code = 0
     try:
+        install_stages(stages, runner)
+        runner.install_signal_handlers()
+        runner.ready_hooks.append(lambda: sdnotify.ready(f"watching {', '.join(opts.interfaces)}"))
         runner.start()
         code = runner.run()
     finally:
         sdnotify.stopping()
-        if limiter:
-            limiter.close()
+        close_stages(stages, _log)  # before the detach: limits are removed through the kernel's maps
         for problem in runner.close():
             _log(problem)
-        peer_stage.close()
-        out.close()
     sys.exit(code)
 
 

@@ -13,6 +13,7 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64l
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_PROG_LOAD = 5
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_TEST_RUN = 10
@@ -68,6 +69,28 @@ def possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         n += (int(hi) if hi else int(lo)) - int(lo) + 1
     return n
+
+
+def prog_load(prog_type: int, insns: bytes, name: bytes, license_: bytes = b"GPL") -> int:
+    """BPF_PROG_LOAD of raw instructions (8 bytes each); returns the program's fd. On failure the
+    verifier's last log line is in the error's message."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license_)
+    log = ctypes.create_string_buffer(4096)
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, prog_type)
+    _put(attr, 4, ctypes.c_uint32, len(insns) // 8)
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(code))
+    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(lic))
+    _put(attr, 24, ctypes.c_uint32, 1)  # log_level
+    _put(attr, 28, ctypes.c_uint32, len(log))
+    _put(attr, 32, ctypes.c_uint64, ctypes.addressof(log))
+    ctypes.memmove(ctypes.addressof(attr) + 48, name[:15], len(name[:15]))  # prog_name
+    try:
+        return _bpf(BPF_PROG_LOAD, attr)
+    except BpfError as e:
+        lines = log.value.decode(errors="replace").strip().splitlines()
+        raise BpfError(e.errno, f"{e.strerror}" + (f" ({lines[-1]})" if lines else "")) from None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from sensor.errors import EXIT_CONFLICT, EXIT_ENV, EXIT_USAGE, SensorError
 from sensor.kernel.layout import BPF_DIR, DEFAULT_MAX_ENTRIES, PROG_LIMCTL, PROG_TC_EG, PROG_TC_IN, PROG_XDP, PROGRAM
 from sensor.kernel.loader import bpf_class
+from sensor.model import LimitFds
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -132,9 +133,8 @@ class Datapath:
         return self.bpf[b"nd_counts"].map_fd
 
     @property
-    def limit_fds(self) -> tuple[int, int, int]:
-        """(limits hash, limits_active array, limctl program): for sensor.kernel.limitmap.LimitMap."""
-        return (self.bpf[b"limits"].map_fd, self.bpf[b"limits_active"].map_fd, self.fn_limctl.fd)
+    def limit_fds(self) -> LimitFds:
+        return LimitFds(self.bpf[b"limits"].map_fd, self.bpf[b"limits_active"].map_fd, self.fn_limctl.fd)
 
     # -- attach ------------------------------------------------------------------------------------
     def attach(self, ifname: str, attach: str = "both", xdp_mode: str = "auto") -> Attachment:

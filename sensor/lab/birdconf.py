@@ -1,12 +1,14 @@
 """The one BIRD 2 config renderer for the netns lab and vagrant/: a Calico-style BGP full mesh.
 
 Modelled on Calico's confd template (confd/etc/calico/confd/templates/bird.cfg.template):
-- every peer comes from `template bgp bgp_template` with Calico's reconnect timers,
+- every peer comes from `template bgp bgp_template` with Calico's reconnect timers (today's template:
+  `connect delay time 2; connect retry time 5; error wait time 5,30; graceful restart;`, no hold time;
+  a 1 / 3 / 5,60 variant was proposed upstream and never merged),
 - one `protocol bgp Mesh_<ip with underscores>` per other node,
-- the mesh is unidirectional: in node A's config the session to a peer with a higher IP is `passive on`,
-  so the higher IP of each pair is the one that connects (and, once the peer is dead, keeps ARPing for it).
-  Calico's template compares the IP *strings*; we compare numerically, which is the same order for
-  addresses whose last octets have equal length and a total order in every case.
+- the mesh is unidirectional exactly as in Calico: in node A's config the session to a peer whose address
+  *string* sorts after A's is `passive on` (`{{if gt $onode_ip $node_ip}}`, a string comparison), so of
+  each pair the greater string connects and, once the peer is dead, keeps ARPing for it. From 10 nodes on
+  this is not the numeric order: "198.18.0.10" < "198.18.0.9". The rule lives in sensor.peers.mesh.
 
 Calico's BIRD runs on BIRD 1.6 syntax; this renders BIRD 2 (`local ... as`, `ipv4 { }` channels).
 Dual stack (`local_ip6`/`peers6`): the IPv6 mesh is a second template (`bgp_template6`, an `ipv6 { }`
@@ -15,7 +17,8 @@ unidirectional by the same rule; Calico's BIRD 1.6 runs it as a separate bird6 w
 
 Calico leaves BIRD's default hold time (240 s): a silently powered-off node is noticed only when the hold
 timer expires, and only then does the reconnect loop (and the ARP storm) start. The lab defaults to a
-short hold time so the demo shows the storm within seconds; pass `hold_time=None` for BIRD's default.
+short, lab-only hold time so the demo and the tests show the storm within seconds (the rendered line says
+so); pass `hold_time=None` for BIRD's default, as Calico.
 
 Command line (used by vagrant/ provisioning):
     python -m sensor.lab.birdconf --local 198.18.0.11 --mesh 198.18.0.11 198.18.0.12 198.18.0.13 -o bird.conf
@@ -30,15 +33,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sensor.errors import SensorError
+from sensor.peers.mesh import connects, is_passive, protocol_name
 
 DEFAULT_ASN = 64512  # Calico's default AS number
-LAB_HOLD_TIME = 6  # seconds; BIRD's minimum is 3, its default (and Calico's) 240
+LAB_HOLD_TIME = 6  # seconds, lab only; BIRD's minimum is 3, its default (and Calico's) 240
 BIRD_DEFAULT_HOLD_TIME = 240
 
 
 @dataclass(frozen=True)
 class Timers:
-    """Reconnect timers of Calico's bgp_template (newer Calico releases use 1 / 3 / 5,60)."""
+    """Reconnect timers of Calico's bgp_template (Calico sets no hold time: BIRD's 240 s)."""
 
     connect_delay: int = 2
     connect_retry: int = 5
@@ -48,14 +52,8 @@ class Timers:
 CALICO_TIMERS = Timers()
 
 
-def protocol_name(ip: str) -> str:
-    """Calico's name for a full-mesh peer: Mesh_10_0_0_7, Mesh_2001_db8__7 (IPv6, RFC 5952 text)."""
-    return "Mesh_" + str(ipaddress.ip_address(ip)).replace(".", "_").replace(":", "_")
-
-
-def is_passive(local_ip: str, peer_ip: str) -> bool:
-    """True when `local_ip` waits for `peer_ip` to connect (the peer has the higher IP)."""
-    return ipaddress.ip_address(peer_ip) > ipaddress.ip_address(local_ip)
+__all__ = ["CALICO_TIMERS", "DEFAULT_ASN", "LAB_HOLD_TIME", "Timers", "connects", "is_passive", "mesh",
+           "protocol_name", "render"]
 
 
 def _check_ip(ip: str, version: int = 4) -> str:
@@ -122,7 +120,7 @@ def render(
         ]
         export = "where source = RTS_STATIC"
     hold = (
-        f"  hold time {hold_time};  # Calico keeps BIRD's default ({BIRD_DEFAULT_HOLD_TIME} s); "
+        f"  hold time {hold_time};  # LAB ONLY: Calico keeps BIRD's default ({BIRD_DEFAULT_HOLD_TIME} s); "
         "short here so a power-off is noticed fast"
         if hold_time is not None
         else f"  # hold time: BIRD's default ({BIRD_DEFAULT_HOLD_TIME} s), as in Calico"

@@ -111,6 +111,8 @@ def status(name: str, as_json: bool) -> None:
     click.echo(f"{'node':<6}{'ip':<16}{'netns':<12}{'state':<14}{'bird':<8}{'established':<13}down sessions")
     for row in st["nodes"]:
         est = f"{row['established']}/{row['expected']}" if "established" in row else "-"
+        if row.get("stale"):
+            est += f" +{row['stale']} stale"  # Established to a powered-off node until its hold timer fires
         down = [
             f"{p} ({s['info'] or s['state']})"
             for p, s in row.get("sessions", {}).items()

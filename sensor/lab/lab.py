@@ -14,7 +14,8 @@ whose command line names the state directory removes everything, even after a cr
 `kill` powers a node off like real hardware: the link drops first (no FIN or RST reaches the peers), then
 every process in the node dies. The node stays configured on every other node, whose BIRD notices only
 when its hold timer expires and then keeps reconnecting, broadcasting ARP for the dead address. Only the
-peers with a *higher* IP reconnect (Calico's unidirectional mesh), so the highest node's death is silent.
+peers whose address *string* sorts after the dead node's reconnect (Calico's unidirectional mesh,
+sensor.peers.mesh), so the death of the node with the greatest string is silent.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from sensor.errors import EXIT_ENV, EXIT_INTERNAL, SensorError
 from sensor.lab import birdconf, vlanwire
+from sensor.peers.bird import BirdClient, BirdError, BirdProtocol
 
 STATE_ROOT = Path(os.environ.get("ARP_SENSOR_LAB_DIR", "/run/arp-sensor/lab"))
 NETNS_DIR = "/run/netns"
@@ -65,34 +67,6 @@ class Node:
     port: str  # the bridge-side veth in the switch namespace
     state: str = UP
     ip6: str | None = None  # dual-stack labs only
-
-
-@dataclass
-class Protocol:
-    """One row of `birdc show protocols`."""
-
-    name: str
-    proto: str
-    state: str
-    since: str
-    info: str
-
-    @property
-    def established(self) -> bool:
-        return self.info.startswith("Established")
-
-
-def parse_show_protocols(text: str) -> list[Protocol]:
-    """Rows of birdc's `show protocols` output (birdc strips the reply codes)."""
-    rows = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5 or parts[0] in ("Name", "BIRD") or line.startswith(" "):
-            continue
-        name, proto, _table, state, since = parts[:5]
-        info = re.sub(r"\s+", " ", parts[5]).strip() if len(parts) > 5 else ""
-        rows.append(Protocol(name, proto, state, since, info))
-    return rows
 
 
 def neigh_entries_in_use() -> int:
@@ -512,9 +486,16 @@ class Lab:
             )
         return r.stdout
 
-    def protocols(self, node: str | int) -> dict[str, Protocol]:
-        """The node's BGP sessions by protocol name (Mesh_198_18_0_3 ...)."""
-        return {p.name: p for p in parse_show_protocols(self.birdc(node)) if p.proto == "BGP"}
+    def protocols(self, node: str | int) -> dict[str, BirdProtocol]:
+        """The node's BGP sessions by protocol name (Mesh_198_18_0_3 ...), read from its control socket
+        with the sensor's own BIRD client (one parser for BIRD's replies)."""
+        client = BirdClient(self.bird_socket(node), timeout=5)
+        try:
+            return {p.name: p for p in client.show_protocols() if p.is_bgp}
+        except (OSError, BirdError) as e:
+            raise SensorError(f"lab: BIRD on {self.node(node).name} did not answer: {e}", EXIT_ENV) from None
+        finally:
+            client.close()
 
     # ---- power
     def _set_links(self, n: Node, state: str) -> None:
@@ -567,11 +548,15 @@ class Lab:
                     row["error"] = str(e)
                     protos = {}
                 row["sessions"] = {name: {"state": p.state, "info": p.info} for name, p in protos.items()}
-                row["established"] = sum(p.established for p in protos.values())
-                row["expected"] = (
-                    sum(1 + bool(o.ip6) for o in self._nodes if o.name != n.name and o.name in live)
-                    if n.name in live else 0
-                )
+                # Counted over the same peers: sessions to live nodes that are Established, out of the live
+                # nodes (one session per family in a dual-stack lab). A session to a powered-off node stays
+                # Established until the hold timer fires: it is `stale`, not one more than expected.
+                peers = {birdconf.protocol_name(ip): o for o in self._nodes if o.name != n.name
+                         for ip in ((o.ip, o.ip6) if o.ip6 else (o.ip,))}
+                est = {name for name, p in protos.items() if p.established and name in peers}
+                row["established"] = sum(1 for name in est if peers[name].name in live)
+                row["expected"] = sum(1 for o in peers.values() if o.name in live) if n.name in live else 0
+                row["stale"] = sum(1 for name in est if peers[name].name not in live)
             out.append(row)
         return {
             "name": self.name,

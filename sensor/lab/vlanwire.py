@@ -1,6 +1,6 @@
 """802.1Q on the lab's wire without the kernel's 8021q module (CONFIG_VLAN_8021Q is often missing in VMs).
 
-Two tiny tc programs on a node's eth0, loaded with bpf(2) through ctypes (no bcc, no compiler):
+Two tiny tc programs on a node's eth0, loaded with bpf(2) through sensor.kernel.bpfsys (no bcc, no compiler):
 - egress, first in the chain: bpf_skb_vlan_push(skb, 802.1Q, VID); with tx VLAN offload switched off on
   eth0 the kernel then writes the tag into the frame, so the bridge, tcpdump and the other nodes' XDP see
   tagged frames on the wire, as from a host whose address sits on eth0.<VID>;
@@ -10,7 +10,6 @@ Two tiny tc programs on a node's eth0, loaded with bpf(2) through ctypes (no bcc
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
@@ -19,19 +18,14 @@ import subprocess
 from pyroute2 import IPRoute
 
 from sensor.errors import EXIT_ENV, SensorError
+from sensor.kernel import bpfsys
 
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_SCHED_CLS = 3
 FUNC_SKB_VLAN_PUSH = 18
 FUNC_SKB_VLAN_POP = 19
 TC_ACT_UNSPEC = -1
 PUSH_PRIO = 1  # before anything else on egress: others see the frame as a VLAN host would send it
 POP_PRIO = 65000  # after anything else on ingress: others see the tag as received
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
     return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
@@ -53,38 +47,11 @@ def program(push_vid: int | None) -> bytes:
 
 def load(push_vid: int | None) -> int:
     """BPF_PROG_LOAD a SCHED_CLS program; returns its fd."""
-    nr = _NR_BPF.get(os.uname().machine)
-    if nr is None:
-        raise SensorError(f"lab: --vlan: bpf(2) syscall number unknown on {os.uname().machine}", EXIT_ENV)
-    code = program(push_vid)
-    insns = ctypes.create_string_buffer(code, len(code))
-    license_ = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(4096)
-    attr = (ctypes.c_ubyte * 128)()
-    struct.pack_into(
-        "<IIQQIIQ",
-        attr,
-        0,
-        BPF_PROG_TYPE_SCHED_CLS,
-        len(code) // 8,
-        ctypes.addressof(insns),
-        ctypes.addressof(license_),
-        1,  # log_level
-        len(log),
-        ctypes.addressof(log),
-    )
     name = b"lab_vlan_push" if push_vid is not None else b"lab_vlan_pop"
-    struct.pack_into("16s", attr, 48, name)  # prog_name, after kern_version and prog_flags
-    fd = _libc.syscall(nr, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        detail = log.value.decode(errors="replace").strip().splitlines()
-        raise SensorError(
-            f"lab: --vlan: loading the tagging program failed: {os.strerror(err)}"
-            + (f" ({detail[-1]})" if detail else ""),
-            EXIT_ENV,
-        )
-    return fd
+    try:
+        return bpfsys.prog_load(BPF_PROG_TYPE_SCHED_CLS, program(push_vid), name)
+    except bpfsys.BpfError as e:
+        raise SensorError(f"lab: --vlan: loading the tagging program failed: {e.strerror}", EXIT_ENV) from None
 
 
 def tag_in_frame(netns: str, ifname: str) -> None:

@@ -13,7 +13,7 @@ Bad specs raise SensorError (exit 2). Guarantees per output are in docs/outputs.
 """
 
 from sensor.outputs.dispatch import Dispatcher, build_outputs
-from sensor.outputs.sinks import DEFAULT_QUEUE
+from sensor.outputs.sink import DEFAULT_QUEUE
 from sensor.outputs.spec import FORMS, OutputSpec, parse_spec
 
 __all__ = ["DEFAULT_QUEUE", "FORMS", "Dispatcher", "OutputSpec", "build_outputs", "parse_spec"]

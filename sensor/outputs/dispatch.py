@@ -9,9 +9,14 @@ from typing import Any, ClassVar
 
 from sensor.errors import EXIT_USAGE, SensorError
 from sensor.outputs import validate
-from sensor.outputs.encode import encode_forward_entry, encode_json
-from sensor.outputs.sinks import DEFAULT_QUEUE, FileSink, Sink, make_sink
-from sensor.outputs.spec import TAG_RE, parse_specs
+from sensor.outputs.file import FileSink
+from sensor.outputs.forward import ForwardSink
+from sensor.outputs.sink import DEFAULT_QUEUE, Sink
+from sensor.outputs.spec import TAG_RE, OutputSpec, parse_specs
+from sensor.outputs.stdout import StdoutSink
+from sensor.outputs.stream import StreamSink
+from sensor.outputs.udp import UdpSink
+from sensor.outputs.wire import encode_forward_entry, encode_json
 
 Event = dict[str, Any]
 _HEALTH_KEYS = ("type", "queued", "sent", "dropped", "errors", "connected")
@@ -123,3 +128,18 @@ def build_outputs(specs: list[str], *, tag: str = "arp_sensor", queue_size: int 
     for s in sinks:
         s.start()
     return d
+
+
+def make_sink(spec: OutputSpec, *, tag: str, queue_size: int) -> Sink:
+    if spec.kind == "stdout":
+        return StdoutSink(spec.name)
+    if spec.kind == "file":
+        assert spec.path is not None
+        return FileSink(spec.name, spec.path)
+    if spec.kind in ("tcp", "unix"):
+        return StreamSink(spec, queue_size)
+    if spec.kind == "udp":
+        return UdpSink(spec, queue_size)
+    if spec.kind == "forward":
+        return ForwardSink(spec, queue_size, tag)
+    raise ValueError(spec.kind)

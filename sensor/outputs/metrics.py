@@ -7,18 +7,28 @@ API (what the run command calls; small on purpose):
     m.observe_health(health)            # the `arp_sensor.health` counters dict of each interval
     m.observe_outputs(dispatcher.stats())
     m.set_verdicts({"zombie-peer": 1, "unanswered-target": 3})   # IPs per non-healthy verdict now
+    m.set_peers(engine.flagged_peers(book))   # BGP peers holding zombie-peer / bgp-down-reachable now
     m.observe_event(ev)                 # any event: health metrics and ratelimit drops are picked up
     m.close()
 
 Kernel counters in the health dict are per-interval deltas and are summed into Prometheus counters;
 `*_live`, `*_max`, `interfaces` are gauges; `entries_evicted` is already cumulative. Unknown keys
-are ignored, missing ones simply not exported. There are no per-IP labels (an attacker chooses target
-IPs; cardinality must stay bounded): labels are operation, reason, direction, verdict and output
-(one value per --output), all from small fixed sets.
+are ignored, missing ones simply not exported. Labels are operation, reason, direction, verdict and output
+(one value per --output), all from small fixed sets, plus per-peer series for the cluster roll-up (below).
+
+Per-IP labels exist only for configured BGP peers that hold a non-healthy verdict (zombie-peer,
+bgp-down-reachable) right now: an attacker chooses target IPs but not the BIRD configuration, so these are
+bounded by the cluster's size (and capped at PEER_SERIES_MAX); a healthy peer or target has no series.
+Two series per such peer, labels peer_ip, peer_name, k8s_node, verdict, active:
+  arp_sensor_peer_verdict_since_timestamp_seconds   when this sensor entered the verdict
+  arp_sensor_peer_own_arp_requests_per_second       ARP requests this node itself sent for the peer (egress)
+`active` is Calico's string rule seen from this node: "true" (it connects, so it is expected to ask),
+"false" (it waits), "unknown" (its own address is not known yet). deploy/prometheus/ rolls them up.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +37,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sensor.errors import EXIT_USAGE, SensorError
-from sensor.events.encode import counts_of
+from sensor.events.decode import counts_of
 
 # health key -> (metric, help, label name, label value); summed (per-interval deltas)
 _DELTAS: list[tuple[str, str, str, str | None, str | None]] = [
@@ -68,6 +78,7 @@ _GAUGES: list[tuple[str, str, str]] = [
     ("entries_max", "arp_sensor_map_max_entries", "Capacity of the kernel LRU map."),
     ("targets_live", "arp_sensor_targets", "Distinct target IPs in the kernel map."),
     ("interfaces", "arp_sensor_interfaces", "Interfaces being watched."),
+    ("hooks_attached", "arp_sensor_hooks_attached", "Hooks (XDP, tc) still holding this sensor's programs."),
 ]
 # health key -> counter that is already cumulative
 _TOTALS: list[tuple[str, str, str]] = [
@@ -76,6 +87,10 @@ _TOTALS: list[tuple[str, str, str]] = [
 _OUTPUT_COUNTERS = [("sent", "arp_sensor_output_sent", "Events delivered per output."),
                     ("dropped", "arp_sensor_output_dropped", "Events lost per output (queue full, oversized)."),
                     ("errors", "arp_sensor_output_errors", "Connect/send errors per output.")]
+_ACTION_RE = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
+_MAX_ACTIONS = 64
+PEER_SERIES_MAX = 1024  # per-peer series per sensor; also the cap of VerdictEngine.flagged_peers
+_PEER_LABELS = ["peer_ip", "peer_name", "k8s_node", "verdict", "active"]
 POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -90,7 +105,9 @@ class Metrics:
         self._totals: dict[str, float] = {}
         self._outputs: dict[str, dict[str, Any]] = {}
         self._verdicts: dict[str, int] = {}
+        self._peers: list[Any] = []
         self._ratelimit_dropped = 0
+        self._warnings: dict[str, int] = {}
         self._health_events = 0
         self._server: Any = None
         self.poll_duration = Histogram("arp_sensor_poll_duration_seconds",
@@ -124,11 +141,24 @@ class Metrics:
         with self._lock:
             self._verdicts = {str(k): int(v) for k, v in counts.items()}
 
+    def set_peers(self, flagged: list[Any]) -> None:
+        """The flagged BGP peers now (sensor.pipeline.detect.FlaggedPeer); replaces the previous set."""
+        with self._lock:
+            self._peers = list(flagged[:PEER_SERIES_MAX])
+
     def observe_event(self, ev: dict[str, Any]) -> None:
         """Convenience for an emit hook: health metrics and `ratelimit-dropping` drops."""
         event = ev.get("event", {})
         if event.get("dataset") == "arp_sensor.health" and event.get("kind") == "metric":
             self.observe_health(ev.get("arp_sensor", {}).get("health", {}))
+        elif event.get("dataset") == "arp_sensor.health" and event.get("kind") == "event":
+            action = event.get("action")
+            # actions are the sensor's own kebab-case names (a small fixed set); anything else is "other"
+            key = action if isinstance(action, str) and _ACTION_RE.match(action) else "other"
+            with self._lock:
+                if key not in self._warnings and len(self._warnings) >= _MAX_ACTIONS:
+                    key = "other"
+                self._warnings[key] = self._warnings.get(key, 0) + 1
         elif event.get("dataset") == "arp_sensor.ratelimit" and event.get("action") == "ratelimit-dropping":
             dropped = counts_of(ev).get("dropped")  # arp.* or, for an IPv6 target, nd.*
             if _num(dropped):
@@ -160,6 +190,11 @@ class Metrics:
                     yield CounterMetricFamily(name, h, value=self._totals[name])
             yield CounterMetricFamily("arp_sensor_health_intervals", "Intervals observed.",
                                       value=self._health_events)
+            w = CounterMetricFamily("arp_sensor_warnings", "Warning events by event.action (program-detached, "
+                                    "interface-gone, peer-source-unavailable...).", labels=["action"])
+            for action, n in sorted(self._warnings.items()):
+                w.add_metric([action], n)
+            yield w
             yield CounterMetricFamily("arp_sensor_ratelimit_dropped",
                                       "ARP requests the kernel rate limit dropped.", value=self._ratelimit_dropped)
             v = GaugeMetricFamily("arp_sensor_verdicts", "IPs currently holding each non-healthy verdict.",
@@ -167,6 +202,19 @@ class Metrics:
             for verdict, n in sorted(self._verdicts.items()):
                 v.add_metric([verdict], n)
             yield v
+            since = GaugeMetricFamily("arp_sensor_peer_verdict_since_timestamp_seconds",
+                                      "When this sensor entered the verdict, per BGP peer holding zombie-peer or "
+                                      "bgp-down-reachable (no series for healthy peers).", labels=_PEER_LABELS)
+            own = GaugeMetricFamily("arp_sensor_peer_own_arp_requests_per_second",
+                                    "ARP requests this node itself sent for the flagged BGP peer, per second "
+                                    "over the verdict window.", labels=_PEER_LABELS)
+            for f in self._peers:
+                active = "unknown" if f.active is None else ("true" if f.active else "false")
+                labels = [f.ip, f.name or "", f.node_name or "", f.verdict, active]
+                since.add_metric(labels, f.since)
+                own.add_metric(labels, f.own_requests_per_s)
+            yield since
+            yield own
             q = GaugeMetricFamily("arp_sensor_output_queued", "Events waiting per output.", labels=["output"])
             c = GaugeMetricFamily("arp_sensor_output_connected", "1 when the output is connected/open.",
                                   labels=["output"])

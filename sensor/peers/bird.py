@@ -20,6 +20,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from sensor.model import ESTABLISHED
+
 # A reply of 250 peers is ~110 KB; 64 MiB means something is badly wrong (or not BIRD at all).
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024
@@ -71,6 +73,10 @@ class BirdProtocol:
     @property
     def is_bgp(self) -> bool:
         return self.proto.upper() == "BGP"
+
+    @property
+    def established(self) -> bool:
+        return self.bgp_state == ESTABLISHED
 
     @property
     def bgp_state(self) -> str | None:

@@ -19,9 +19,10 @@ from typing import Any
 
 from sensor.errors import EXIT_USAGE, SensorError
 from sensor.events.encode import Event, warning_event
-from sensor.peers import ESTABLISHED, Peer
+from sensor.model import ESTABLISHED, Peer
 from sensor.peers.bird import BirdClient, BirdError, BirdProtocol
 from sensor.peers.k8s import K8sNode, K8sNodesError, parse_nodes
+from sensor.peers.mesh import connects
 from sensor.peers.static import StaticPeer, parse_peers
 
 CALICO_BIRD_SOCKETS = ("/var/run/calico/bird.ctl", "/var/run/calico/bird6.ctl")
@@ -67,7 +68,8 @@ class PeerBook:
 
     def __init__(self, bird_sockets: list[str] | None = None, *, optional_sockets: list[str] | None = None,
                  peers_file: str | None = None, k8s_nodes: str | None = None, timeout: float = 0.25,
-                 budget: float = 0.5, retry_s: float = 5.0, hostname: str | None = None) -> None:
+                 budget: float = 0.5, retry_s: float = 5.0, hostname: str | None = None,
+                 local_ip: str | None = None) -> None:
         self.timeout = timeout
         self.budget = budget
         self.retry_s = retry_s
@@ -85,6 +87,10 @@ class PeerBook:
         if k8s_nodes:
             self._files.append(self._load_initial(_FileSource(k8s_nodes, "k8s")))
         self._peers: dict[str, Peer] = {}
+        # This node's own address in the mesh, for Calico's string rule: `local_ip` when given, else the
+        # `Source address` BIRD reports for its sessions, else the Kubernetes node named `hostname`.
+        self.node_ip: str | None = local_ip
+        self._node_ip_fixed = local_ip is not None
         self._merge()
 
     # -- public API -------------------------------------------------------------------------------------
@@ -233,7 +239,33 @@ class PeerBook:
                         peer.node_name = n.name
                     if peer.node_name == n.name:
                         peer.node_ready = n.ready
+        self._node_ip_from(peers)
         self._peers = peers
+
+    def _node_ip_from(self, peers: dict[str, Peer]) -> None:
+        """Learn this node's address (kept once seen), then mark each Mesh_ peer active or passive."""
+        if not self._node_ip_fixed:
+            seen: dict[str, int] = {}
+            for src in self._bird:
+                for p in src.protocols:
+                    addr = p.details.get("Source address", "").split("%")[0].strip() if p.is_bgp else ""
+                    if addr:
+                        seen[addr] = seen.get(addr, 0) + 1
+            if not seen and self.hostname:
+                for f in self._files:
+                    for n in f.nodes:
+                        if n.name == self.hostname:
+                            seen.update({ip: 1 for ip in n.ips if ":" not in ip})
+            if seen:
+                self.node_ip = max(sorted(seen), key=lambda a: seen[a])
+        if self.node_ip is None:
+            return
+        for peer in peers.values():
+            if peer.is_bgp and peer.name and peer.name.startswith("Mesh_") and ":" not in peer.ip:
+                try:
+                    peer.active = connects(self.node_ip, peer.ip)
+                except ValueError:
+                    peer.active = None
 
     def close(self) -> None:
         for src in self._bird:

@@ -1,4 +1,4 @@
-"""Wire peers and verdicts into the run loop (sensor.pipeline.runner.Runner hooks) and the `run` CLI options.
+"""The peer stage: peers and verdicts in the run loop (sensor.pipeline.runner.Runner hooks), and its options.
 
 Per interval the Runner calls `PeerStage.on_interval(interval, now)`: refresh the PeerBook (bounded time),
 update the verdicts with all of the interval's TargetWindows, and return the warning and alert events.
@@ -9,36 +9,54 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
 from sensor.events.encode import Event, warning_event
+from sensor.model import Interval, StageContext
 from sensor.peers import PeerBook, peer_fields
 from sensor.peers.book import CALICO_BIRD_SOCKETS
 from sensor.pipeline.detect import VerdictEngine
 
+if TYPE_CHECKING:
+    from sensor.pipeline.runner import Runner
+
 
 class PeerStage:
+    options: ClassVar[list[Callable[[Any], Any]]] = [
+        click.option("--bird-socket", "bird_sockets", multiple=True, metavar="PATH",
+                     help="BIRD control socket to read BGP peers from (repeatable). Default: "
+                          "/var/run/calico/bird.ctl and bird6.ctl, used when they exist."),
+        click.option("--peers", "peers_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="Static peers file: one 'IP [NAME] [NODE]' per line, # comments."),
+        click.option("--k8s-nodes", "k8s_nodes", default=None, metavar="FILE|-",
+                     help="`kubectl get nodes -o json` output (a file, or - for stdin): node names for IPs."),
+        click.option("--verdict-window", type=click.FloatRange(1, 3600), default=10.0, show_default=True,
+                     help="Seconds of ARP evidence per verdict; a verdict needs two windows of evidence."),
+    ]
+
     def __init__(self, book: PeerBook, engine: VerdictEngine) -> None:
         self.book = book
         self.engine = engine
         self._error: str | None = None
 
     @classmethod
-    def from_options(cls, *, bird_sockets: list[str] | None, peers_file: str | None, k8s_nodes: str | None,
-                     verdict_window: float, interval: float, hostname: str | None = None,
+    def from_options(cls, ctx: StageContext, *, bird_sockets: list[str] | tuple[str, ...] | None,
+                     peers_file: str | None, k8s_nodes: str | None, verdict_window: float,
                      min_requests: int = 3) -> PeerStage:
         """No --bird-socket: Calico's sockets, used only once they exist. Explicit ones must exist (else a
-        warning event; the sensor keeps counting)."""
+        warning event; the sensor keeps counting). Publishes the verdicts and the peers on `ctx`."""
+        interval, hostname = ctx.interval, ctx.hostname
         explicit = list(bird_sockets or [])
         book = PeerBook(explicit, optional_sockets=[] if explicit else list(CALICO_BIRD_SOCKETS),
                         peers_file=peers_file, k8s_nodes=k8s_nodes,
                         timeout=min(0.25, interval / 4), budget=min(0.5, interval / 2), hostname=hostname)
         engine = VerdictEngine(window_s=verdict_window, min_requests=min_requests, hostname=hostname)
+        ctx.verdicts, ctx.peers = engine, book
         return cls(book, engine)
 
-    def on_interval(self, interval: Any, now: float) -> list[Event]:
+    def on_interval(self, interval: Interval, now: float) -> list[Event]:
         """Never raises: a bug here must not stop the counting; it becomes one warning per new error."""
         try:
             events = self.book.refresh(now)
@@ -57,7 +75,7 @@ class PeerStage:
         peer = self.book.get(ip)
         return peer_fields(peer) if peer is not None else None
 
-    def install(self, runner: Any) -> None:
+    def install(self, runner: Runner) -> None:
         """Register with a sensor.pipeline.runner.Runner; the first refresh happens now so that the first
         interval's target events are already annotated."""
         for ev in self.book.refresh(time.time()):
@@ -67,21 +85,3 @@ class PeerStage:
 
     def close(self) -> None:
         self.book.close()
-
-
-def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The `run` options of this stage (sqlite-utils style reusable decorator)."""
-    opts = [
-        click.option("--bird-socket", "bird_sockets", multiple=True, metavar="PATH",
-                     help="BIRD control socket to read BGP peers from (repeatable). Default: "
-                          "/var/run/calico/bird.ctl and bird6.ctl, used when they exist."),
-        click.option("--peers", "peers_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-                     help="Static peers file: one 'IP [NAME] [NODE]' per line, # comments."),
-        click.option("--k8s-nodes", "k8s_nodes", default=None, metavar="FILE|-",
-                     help="`kubectl get nodes -o json` output (a file, or - for stdin): node names for IPs."),
-        click.option("--verdict-window", type=click.FloatRange(1, 3600), default=10.0, show_default=True,
-                     help="Seconds of ARP evidence per verdict; a verdict needs two windows of evidence."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f

@@ -11,14 +11,13 @@ milliseconds, docs/benchmarks.md), and TargetWindow objects are built only when 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
 
 from sensor.kernel.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
 from sensor.kernel.reader import EntryTable, Snapshot, addr_text, ip_text, is_v4
-from sensor.model import TargetWindow, WindowKey
+from sensor.model import Interval, TargetWindow, WindowKey
 
 _U64 = np.uint64
 # Multipliers of a 64-bit mixing hash: entries are matched between snapshots by hash, then verified
@@ -40,17 +39,6 @@ def _ip_text_rank(ip: np.ndarray, text=ip_text) -> np.ndarray:
         return _OCTET_RANK[wire].view(">u4").astype(_U64)  # ranked octets, first one most significant
     texts = np.array([text(c) for c in ip.tolist()])
     return np.unique(texts, return_inverse=True)[1].reshape(-1).astype(_U64)
-
-
-@dataclass
-class Interval:
-    interval_s: float
-    windows: Sequence[TargetWindow]  # every (interface, direction, VLAN, IP) with activity, busiest first
-    health: dict[str, int]  # deltas of the kernel health counters
-    health_total: dict[str, int]
-    entries_live: int = 0
-    entries_evicted: int = 0  # cumulative: inserts - live entries
-    targets_live: int = 0  # distinct (interface, direction, VLAN, IP) in the map
 
 
 class _Sorted:

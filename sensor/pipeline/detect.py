@@ -37,11 +37,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sensor.events.encode import Event, peer_event, warning_event, wire_words
-from sensor.model import TargetWindow
-from sensor.peers import Peer, peer_fields
+from sensor.model import Peer, PeerLookup, TargetWindow
+from sensor.peers import peer_fields
 
 HEALTHY = "healthy"
 ZOMBIE = "zombie-peer"
@@ -52,10 +52,6 @@ VERDICTS = (HEALTHY, ZOMBIE, DOWN_REACHABLE, UNANSWERED)
 _EPS = 1e-6
 
 
-class PeerLookup(Protocol):
-    def get(self, ip: str) -> Peer | None: ...
-
-
 @dataclass(slots=True)
 class _Sample:
     t: float
@@ -64,6 +60,7 @@ class _Sample:
     alive: int  # replies + gratuitous + requests the IP itself sent (as far as top senders show)
     senders: int
     top: dict[str, int]
+    own: int = 0  # requests this host sent for the IP (egress): is this node one of the askers?
 
 
 @dataclass(slots=True)
@@ -72,7 +69,9 @@ class _State:
     requests: int = 0  # running sums over `samples`: the per-interval decision needs no loop
     replies: int = 0
     alive: int = 0
+    own: int = 0
     verdict: str = HEALTHY
+    since: float | None = None  # when the current non-healthy verdict was entered
     candidate: str | None = None
     candidate_since: float = 0.0
     down_since: float | None = None  # BIRD showed the session not Established since then
@@ -98,6 +97,19 @@ class Evidence:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class FlaggedPeer:
+    """A BGP peer with a non-healthy verdict, as the Prometheus metrics show it."""
+
+    ip: str
+    verdict: str
+    since: float  # epoch seconds the verdict was entered
+    own_requests_per_s: float  # ARP requests this node itself sent for it, over the verdict window
+    name: str | None
+    node_name: str | None
+    active: bool | None  # Calico's string rule: this node connects to it (None: own address unknown)
+
+
 def _per_ip(windows: Iterable[TargetWindow]) -> tuple[dict[str, _Sample], set[str]]:
     """Sum one interval's windows per IP; also return every IP seen asking (proof that it is alive)."""
     out: dict[str, _Sample] = {}
@@ -109,6 +121,8 @@ def _per_ip(windows: Iterable[TargetWindow]) -> tuple[dict[str, _Sample], set[st
         s.requests += w.requests
         s.replies += w.replies
         s.alive += w.replies + w.gratuitous
+        if w.key.direction == "egress":
+            s.own += w.requests
         s.senders = max(s.senders, w.senders)
         for ip, n in w.top_senders:
             s.top[ip] = s.top.get(ip, 0) + n
@@ -145,6 +159,25 @@ class VerdictEngine:
         """Every IP whose verdict is not healthy."""
         return {ip: st.verdict for ip, st in self._st.items() if st.verdict != HEALTHY}
 
+    def alive(self, ip: str) -> bool:
+        return self.evidence(ip).alive > 0
+
+    def flagged_peers(self, book: PeerLookup, limit: int = 1024) -> list[FlaggedPeer]:  # metrics.PEER_SERIES_MAX
+        """BGP peers holding zombie-peer or bgp-down-reachable now (at most `limit`, oldest first), with
+        this node's own share of the ARP for them. Only configured BGP peers: their number is the cluster's
+        size, never what the wire chooses (unanswered targets are counted, not listed)."""
+        out = []
+        for ip, st in self._st.items():
+            if st.verdict not in (ZOMBIE, DOWN_REACHABLE):
+                continue
+            peer = book.get(ip)
+            if peer is None or not peer.is_bgp:
+                continue
+            out.append(FlaggedPeer(ip, st.verdict, st.since or 0.0, st.own / self.window_s, peer.name,
+                                   peer.node_name, peer.active))
+        out.sort(key=lambda f: (f.since, f.ip))
+        return out[:limit]
+
     def evidence(self, ip: str) -> Evidence:
         st = self._st.get(ip)
         return self._sum(st) if st else Evidence()
@@ -176,6 +209,7 @@ class VerdictEngine:
                 st.requests -= old.requests
                 st.replies -= old.replies
                 st.alive -= old.alive
+                st.own -= old.own
             events += self._step(ip, st, book.get(ip), now)
             if st.verdict == HEALTHY and st.candidate is None and not st.samples:
                 del self._st[ip]
@@ -194,6 +228,7 @@ class VerdictEngine:
         st.requests += s.requests
         st.replies += s.replies
         st.alive += s.alive
+        st.own += s.own
 
     def _sum(self, st: _State) -> Evidence:
         """The full evidence (senders, top senders) for an event; decisions use the running sums."""
@@ -267,7 +302,7 @@ class VerdictEngine:
         reason = self._clear_reason(ip, st, peer, ev) if st.verdict != HEALTHY else None
         if reason:
             events.append(self._event(st.verdict, "cleared", ip, peer, now, reason, st))
-            was, st.verdict, st.candidate = st.verdict, HEALTHY, None
+            was, st.verdict, st.candidate, st.since = st.verdict, HEALTHY, None, None
             if was == UNANSWERED and bgp_now:
                 # the same evidence already held for a window: a zombie need not wait another one
                 st.candidate, st.candidate_since = ZOMBIE, now - self.window_s
@@ -290,7 +325,7 @@ class VerdictEngine:
         if st.verdict != HEALTHY:
             why = f"host stopped answering {wire_words(ip)[0]}" if raw == ZOMBIE else f"now {raw}"
             events.append(self._event(st.verdict, "cleared", ip, peer, now, why, st))
-        st.verdict, st.candidate = raw, None
+        st.verdict, st.candidate, st.since = raw, None, now
         events.append(self._event(raw, "detected", ip, peer, now, None, st))
         return events
 

@@ -11,50 +11,105 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
 from sensor.errors import SensorError
 from sensor.events.encode import Event
 from sensor.kernel.layout import DIR_EGRESS, DIR_INGRESS
+from sensor.model import Interval, Log, PeerLookup, StageContext, VerdictView
 from sensor.peers import peer_fields
-from sensor.pipeline.ratelimit import DEFAULT_BURST, DEFAULT_PPS, MODES, OFF, LimitConfig, RateLimitPolicy
+from sensor.pipeline.ratelimit import (
+    DEFAULT_BURST,
+    DEFAULT_PPS,
+    MODES,
+    OFF,
+    LimitConfig,
+    RateLimitPolicy,
+    config_from_options,
+)
+
+if TYPE_CHECKING:
+    from sensor.kernel.limitmap import LimitMap
+    from sensor.pipeline.runner import Runner
+
+
+# --limit-* default to None so that giving one without --rate-limit is an error rather than silently ignored.
+OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--rate-limit", "rate_limit", type=click.Choice(MODES), default=OFF, show_default=True,
+                 help="Limit ARP requests for dead BGP peers in the kernel: dry-run counts what would be "
+                      "dropped, enforce drops on tc egress (docs/ratelimit.md)."),
+    click.option("--limit-pps", type=float, default=None, metavar="PPS",
+                 help=f"Requests per second allowed per limited target and interface [default: "
+                      f"{DEFAULT_PPS:g}, one every {1 / DEFAULT_PPS:g} s; switch DAI: 15 per port]."),
+    click.option("--limit-burst", type=int, default=None, metavar="N",
+                 help=f"Bucket depth: requests allowed back to back [default: {DEFAULT_BURST}]."),
+    click.option("--limit-ttl", type=float, default=None, metavar="S",
+                 help="Seconds a limit outlives its last refresh, e.g. after the sensor is killed "
+                      "[default: 3 intervals]."),
+    click.option("--limit-target", "limit_targets", multiple=True, metavar="IP/CIDR",
+                 help="Limit these targets too (repeatable; CIDR at most /24). Established BGP peers "
+                      "and live hosts are never limited."),
+    click.option("--limit-allow", "limit_allow", multiple=True, metavar="IP/CIDR",
+                 help="Never limit these (repeatable)."),
+    click.option("--limit-unanswered", is_flag=True, default=False,
+                 help="Also limit unanswered-target verdicts (not BGP peers)."),
+    click.option("--limit-ingress", is_flag=True, default=False,
+                 help="Also drop received requests for limited targets (spares this host only; "
+                      "only egress limits reduce switch load)."),
+]
 
 
 class RateLimitStage:
-    def __init__(self, cfg: LimitConfig, peer_stage: Any, hostname: str | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+    options: ClassVar[list[Callable[[Any], Any]]] = OPTIONS
+
+    def __init__(self, cfg: LimitConfig, verdicts: VerdictView, peers: PeerLookup, hostname: str | None = None,
+                 log: Log | None = None) -> None:
         self.cfg = cfg
-        self.peer_stage = peer_stage  # sensor.peers.stage.PeerStage: .engine (verdicts), .book (peers)
+        self.verdicts = verdicts
+        self.peers = peers
         self.policy = RateLimitPolicy(cfg, hostname, peer_fields)
         self.log = log or (lambda msg: None)
-        self.runner: Any = None
-        self.lm = None
+        self.runner: Runner | None = None
+        self.lm: LimitMap | None = None
         self.map_full_logged = False
 
-    def install(self, runner: Any) -> None:
+    @classmethod
+    def from_options(cls, ctx: StageContext, *, rate_limit: str, limit_pps: float | None, limit_burst: int | None,
+                     limit_ttl: float | None, limit_targets: tuple[str, ...], limit_allow: tuple[str, ...],
+                     limit_unanswered: bool, limit_ingress: bool) -> RateLimitStage | None:
+        """None with --rate-limit off. Needs the verdicts and peers the PeerStage published on `ctx`."""
+        cfg = config_from_options(mode=rate_limit, pps=limit_pps, burst=limit_burst, ttl=limit_ttl,
+                                  targets=limit_targets, allow=limit_allow, unanswered=limit_unanswered,
+                                  ingress=limit_ingress, interval=ctx.interval, attach=ctx.attach)
+        if not cfg.enabled:
+            return None
+        if ctx.verdicts is None or ctx.peers is None:
+            raise RuntimeError("RateLimitStage must be built after the PeerStage (sensor.pipeline.stages)")
+        return cls(cfg, ctx.verdicts, ctx.peers, ctx.hostname, ctx.log)
+
+    def install(self, runner: Runner) -> None:
         """Register after the PeerStage: its hook updates the verdicts this one reads."""
         self.runner = runner
         runner.interval_hooks.append(self.on_interval)
 
-    def _map(self):
+    def _map(self) -> LimitMap:
         if self.lm is None:
             from sensor.kernel.limitmap import LimitMap
 
+            assert self.runner is not None and self.runner.datapath is not None
             self.lm = LimitMap(*self.runner.datapath.limit_fds)
             self.lm.clear()
         return self.lm
 
-    def _alive(self, ip: str) -> bool:
-        return self.peer_stage.engine.evidence(ip).alive > 0
-
-    def on_interval(self, interval: Any, now: float) -> list[Event]:
+    def on_interval(self, interval: Interval, now: float) -> list[Event]:
         from sensor.kernel.limitmap import LimitKey
 
+        assert self.runner is not None
         lm = self._map()
-        book = self.peer_stage.book
-        decision = self.policy.update(self.peer_stage.engine.verdicts(), book, self._alive, now)
+        book = self.peers
+        decision = self.policy.update(self.verdicts.verdicts(), book, self.verdicts.alive, now)
         for ev in decision.events:
             if ev["event"]["dataset"] == "arp_sensor.health":
                 self.log(ev["message"])
@@ -94,47 +149,3 @@ class RateLimitStage:
             except OSError as e:
                 self.log(f"cannot remove rate limits: {e} (they lapse within {self.cfg.ttl_s:g} s)")
             self.lm = None
-
-
-def ratelimit_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The `run` options of this stage (sqlite-utils style reusable decorator). --limit-* default to None
-    so that giving one without --rate-limit is an error rather than silently ignored."""
-    opts = [
-        click.option("--rate-limit", "rate_limit", type=click.Choice(MODES), default=OFF, show_default=True,
-                     help="Limit ARP requests for dead BGP peers in the kernel: dry-run counts what would be "
-                          "dropped, enforce drops on tc egress (docs/ratelimit.md)."),
-        click.option("--limit-pps", type=float, default=None, metavar="PPS",
-                     help=f"Requests per second allowed per limited target and interface [default: "
-                          f"{DEFAULT_PPS:g}, one every {1 / DEFAULT_PPS:g} s; switch DAI: 15 per port]."),
-        click.option("--limit-burst", type=int, default=None, metavar="N",
-                     help=f"Bucket depth: requests allowed back to back [default: {DEFAULT_BURST}]."),
-        click.option("--limit-ttl", type=float, default=None, metavar="S",
-                     help="Seconds a limit outlives its last refresh, e.g. after the sensor is killed "
-                          "[default: 3 intervals]."),
-        click.option("--limit-target", "limit_targets", multiple=True, metavar="IP/CIDR",
-                     help="Limit these targets too (repeatable; CIDR at most /24). Established BGP peers "
-                          "and live hosts are never limited."),
-        click.option("--limit-allow", "limit_allow", multiple=True, metavar="IP/CIDR",
-                     help="Never limit these (repeatable)."),
-        click.option("--limit-unanswered", is_flag=True, default=False,
-                     help="Also limit unanswered-target verdicts (not BGP peers)."),
-        click.option("--limit-ingress", is_flag=True, default=False,
-                     help="Also drop received requests for limited targets (spares this host only; "
-                          "only egress limits reduce switch load)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-RATELIMIT_KEYS = ("rate_limit", "limit_pps", "limit_burst", "limit_ttl", "limit_targets", "limit_allow",
-                  "limit_unanswered", "limit_ingress")
-
-
-def config_from_cli(opts: dict[str, Any], interval: float, attach: str) -> LimitConfig:
-    from sensor.pipeline.ratelimit import config_from_options
-
-    return config_from_options(
-        mode=opts["rate_limit"], pps=opts["limit_pps"], burst=opts["limit_burst"], ttl=opts["limit_ttl"],
-        targets=opts["limit_targets"], allow=opts["limit_allow"], unanswered=opts["limit_unanswered"],
-        ingress=opts["limit_ingress"], interval=interval, attach=attach)

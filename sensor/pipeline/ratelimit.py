@@ -19,11 +19,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sensor.errors import EXIT_USAGE, SensorError
 from sensor.events.encode import Event, ratelimit_event, warning_event, wire_words
-from sensor.peers import Peer
+from sensor.kernel.limitmap import MAX_BURST
+from sensor.model import Peer, PeerLookup
 
 OFF, DRY_RUN, ENFORCE = "off", "dry-run", "enforce"
 MODES = (OFF, DRY_RUN, ENFORCE)
@@ -39,14 +40,9 @@ DEFAULT_PPS = 0.02
 DEFAULT_BURST = 1
 DEFAULT_TTL_INTERVALS = 3
 MIN_PPS, MAX_PPS = 0.001, 1_000_000.0
-MAX_BURST = 1_000_000
 MAX_PREFIX_WIDTH = 24  # --limit-target CIDRs wider than /24 are refused (256 entries per interface)
 MAX_PREFIX_WIDTH6 = 120  # the same 256 addresses for IPv6
 MAX_TARGETS = 1024  # limited IPs at once; the kernel map holds 4096 (IPs x interfaces x directions)
-
-
-class PeerLookup(Protocol):
-    def get(self, ip: str) -> Peer | None: ...
 
 
 def parse_net(spec: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

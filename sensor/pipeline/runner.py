@@ -17,7 +17,8 @@ from sensor.errors import EXIT_INTERNAL, SensorError
 from sensor.events import encode as events
 from sensor.kernel.layout import DEFAULT_MAX_ENTRIES
 from sensor.kernel.reader import MapReader
-from sensor.pipeline.aggregate import Aggregator, Interval, select
+from sensor.model import Interval
+from sensor.pipeline.aggregate import Aggregator, select
 
 Emit = Callable[[events.Event], None]
 

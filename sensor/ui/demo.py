@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from sensor.errors import EXIT_ENV, SensorError
-from sensor.events.encode import counts_of
+from sensor.events.decode import counts_of
 from sensor.lab import birdconf
 from sensor.lab.lab import Lab, require_tools
 
@@ -74,10 +74,11 @@ class Demo:
             short["destination.ip"] = ev["destination"]["ip"]
         if "network" in ev:
             short["network.direction"] = ev["network"].get("direction")
-        arp = ev.get("arp", {})
-        for k in ("requests", "requests_per_sec", "replies", "senders"):
-            if k in arp:
-                short[f"arp.{k}"] = arp[k]
+        section = "nd" if "nd" in ev else "arp"
+        for k, v in ev.get(section, {}).items():
+            if k in ("requests", "requests_per_sec", "replies", "senders", "solicitations",
+                     "solicitations_per_sec", "advertisements"):
+                short[f"{section}.{k}"] = v
         peer = ev.get("bgp", {}).get("peer")
         if peer:
             short["bgp.peer"] = {k: peer[k] for k in ("name", "state", "last_error") if peer.get(k)}
@@ -104,9 +105,9 @@ class Demo:
             f"{duration:.0f}",
             "--hostname",
             "n1",
+            "--bird-socket",
+            self.lab.bird_socket("n1"),
         ]
-        if sensor_supports("--bird-socket"):
-            argv += ["--bird-socket", self.lab.bird_socket("n1")]
         return self.lab.exec_argv("n1", argv)
 
     def _read_stdout(self) -> None:
@@ -248,8 +249,6 @@ class Demo:
         if alerts:
             out.append("sensor alerts:")
             out += [f"  {a['event'].get('action')}: {a.get('message', '')}" for a in alerts]
-        elif not sensor_supports("--bird-socket"):
-            out.append("(this arp-sensor has no --bird-socket yet: BGP correlation comes from birdc above)")
         asked = {ip for ip in per_target if ip in dead_ips}
         names = ", ".join(dead_ips.values())
         verdict = (
@@ -267,19 +266,6 @@ class Demo:
                 self.proc.wait(5)
         Lab.destroy(self.name)  # also kills the sensor if it is still there: its argv names the state dir
         self.say(f"lab {self.name} removed")
-
-
-_supports: dict[str, bool] = {}
-
-
-def sensor_supports(flag: str) -> bool:
-    """Whether `arp-sensor run` has `flag` (the demo uses BGP correlation once it exists)."""
-    if flag not in _supports:
-        from sensor.cli import cli
-
-        run = cli.commands.get("run")
-        _supports[flag] = bool(run and any(flag in p.opts for p in run.params))
-    return _supports[flag]
 
 
 @click.command()

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:  # numpy and the reader load only when top runs, not for `arp-sensor --help`
-    from sensor.pipeline.aggregate import Interval
-from sensor.events.encode import counts_of
-from sensor.peers.stage import peer_options
-from sensor.pipeline.limit_stage import RATELIMIT_KEYS, ratelimit_options
+    from sensor.events.decode import EventFeed
+    from sensor.model import Interval
+    from sensor.pipeline.limit_stage import RateLimitStage
+from sensor.model import StageContext
+from sensor.pipeline.stages import stage_options
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY = 16  # intervals of history per IP (the sparkline's width)
@@ -136,7 +137,7 @@ def columns_for(width: int) -> list[tuple[str, int, str]]:
     return [c for c in COLUMNS if c[0] in chosen]
 
 
-def limit_cell(limiter: Any | None, ip: str) -> str:
+def limit_cell(limiter: RateLimitStage | None, ip: str) -> str:
     """`dry-run 12` (would have dropped 12) or `enforce 12` (dropped 12) while a limit holds the target."""
     a = limiter.policy.active.get(ip) if limiter is not None else None
     if a is None:
@@ -153,12 +154,17 @@ def _limit_text(mode: str, n: int) -> str:
 Info = Callable[[str], tuple[str, str, str, str]]
 
 
-def live_info(stage: Any | None, limiter: Any | None) -> Info:
+def feed_info(feed: EventFeed, ip: str) -> tuple[str, str, str, str]:
+    name, state, verdict, lim = feed.info(ip)
+    return name, state, verdict, _limit_text(*lim) if lim else ""
+
+
+def live_info(ctx: StageContext, limiter: RateLimitStage | None) -> Info:
     def info(ip: str) -> tuple[str, str, str, str]:
-        peer = stage.book.get(ip) if stage is not None else None
+        peer = ctx.peers.get(ip) if ctx.peers is not None else None
         return ((peer.name or "") if peer is not None else "",
                 (peer.bgp_state or "unknown") if peer is not None and peer.is_bgp else "",
-                stage.engine.verdict(ip) if stage is not None else "", limit_cell(limiter, ip))
+                ctx.verdicts.verdict(ip) if ctx.verdicts is not None else "", limit_cell(limiter, ip))
     return info
 
 
@@ -182,77 +188,6 @@ def render(state: TopState, sort: str, rows: int, title: str, notes: list[str], 
         }
         table.add_row(*(cells[c[0]] for c in shown))
     return table
-
-
-class EventFeed:
-    """A running sensor's JSON events → Intervals for TopState, plus what the table shows per IP.
-
-    `arp_sensor.target` events of one interval are collected until that interval's `arp_sensor.health`
-    metric (the sensor writes it last); peer alerts carry the verdicts, ratelimit events the limits.
-    Lines that are not events of ours are counted and skipped."""
-
-    def __init__(self) -> None:
-        self.pending: list[Any] = []
-        self.peers: dict[str, tuple[str, str]] = {}
-        self.verdicts: dict[str, str] = {}
-        self.limits: dict[str, list] = {}  # ip -> [mode, dropped or would-drop so far]
-        self.skipped = 0
-        self.hosts: set[str] = set()
-
-    def feed(self, line: str) -> Interval | None:
-        import json
-
-        from sensor.model import TargetWindow, WindowKey
-        from sensor.pipeline.aggregate import Interval
-
-        try:
-            ev = json.loads(line)
-            ds = ev["event"]["dataset"]
-        except (ValueError, KeyError, TypeError):
-            self.skipped += 1 if line.strip() else 0
-            return None
-        try:
-            self.hosts.add(ev.get("observer", {}).get("hostname", ""))
-            ip = ev.get("destination", {}).get("ip")
-            peer = ev.get("bgp", {}).get("peer")
-            if ip and peer:
-                self.peers[ip] = (peer.get("name", ""), peer.get("state", ""))
-            if ds == "arp_sensor.target":
-                arp, net = counts_of(ev), ev.get("network", {})
-                direction = net.get("direction", "ingress")
-                obs = ev.get("observer", {}).get(direction, {})
-                self.pending.append(TargetWindow(
-                    WindowKey(0, direction, int(net.get("vlan", {}).get("id", 0) or 0), ip),
-                    obs.get("interface", {}).get("name", "?"), float(arp.get("interval_s", 0) or 0),
-                    requests=int(arp.get("requests", 0)), replies=int(arp.get("replies", 0)),
-                    gratuitous=int(arp.get("gratuitous", 0)), probes=int(arp.get("probes", 0)),
-                    senders=int(arp.get("senders", 0)),
-                    top_senders=[(s["ip"], int(s["requests"])) for s in arp.get("top_senders", [])]))
-            elif ds == "arp_sensor.peer" and ip:
-                self.verdicts[ip] = ev.get("arp_sensor", {}).get("verdict", "")
-            elif ds == "arp_sensor.ratelimit" and ip:
-                action = ev["event"].get("action")
-                mode = ev.get("arp_sensor", {}).get("ratelimit", {}).get("mode", "enforce")
-                if action == "ratelimit-removed":
-                    self.limits.pop(ip, None)
-                else:
-                    cur = self.limits.setdefault(ip, [mode, 0])
-                    if action == "ratelimit-dropping":
-                        arp = counts_of(ev)
-                        cur[1] += int(arp.get("would_drop" if mode == "dry-run" else "dropped", 0) or 0)
-            elif ds == "arp_sensor.health" and ev["event"].get("kind") == "metric":
-                h = ev.get("arp_sensor", {}).get("health", {})
-                windows, self.pending = self.pending, []
-                dt = float(h.get("interval_s") or (windows[0].interval_s if windows else 0) or 1.0)
-                return Interval(interval_s=dt, windows=windows, health={}, health_total={})
-        except (KeyError, TypeError, ValueError, AttributeError):
-            self.skipped += 1
-        return None
-
-    def info(self, ip: str) -> tuple[str, str, str, str]:
-        name, state = self.peers.get(ip, ("", ""))
-        lim = self.limits.get(ip)
-        return name, state, self.verdicts.get(ip, ""), _limit_text(lim[0], lim[1]) if lim else ""
 
 
 class LineSource:
@@ -343,11 +278,10 @@ def read_key(fd: int | None, timeout: float) -> str | None:
 @click.option("--rows", type=click.IntRange(1, 10000), default=20, show_default=True, help="Rows to show.")
 @click.option("--once", is_flag=True, help="Print one table and exit: after one interval, or with --events "
                                            "at the end of the input (for pipes).")
-@peer_options
-@ratelimit_options
+@stage_options(outputs=False)
 @click.pass_context
 def top(ctx: click.Context, interfaces: tuple[str, ...], events_path: str | None, attach: str, interval: float,
-        sort: str, rows: int, once: bool, **peer_opts: Any) -> None:
+        sort: str, rows: int, once: bool, **stage_opts: Any) -> None:
     """Live view of the busiest ARP targets: requests/s, trend, senders, replies, BGP peer and verdict.
 
     With -i, top attaches like `run` (and detaches on exit) and refreshes every --interval. BGP
@@ -377,8 +311,8 @@ def top(ctx: click.Context, interfaces: tuple[str, ...], events_path: str | None
         if ctx.get_parameter_source("interfaces") == ParameterSource.COMMANDLINE and interfaces:
             raise click.UsageError("give -i/--interface (attach) or --events (read a sensor's JSON), not both")
         flags = {"bird_sockets": "--bird-socket", "peers_file": "--peers", "k8s_nodes": "--k8s-nodes"}
-        given = [flag for name, flag in flags.items() if peer_opts.get(name)]
-        if peer_opts.get("rate_limit", "off") != "off":
+        given = [flag for name, flag in flags.items() if stage_opts.get(name)]
+        if stage_opts.get("rate_limit", "off") != "off":
             given.append("--rate-limit")
         if given:
             raise click.UsageError(f"{', '.join(given)} only apply with -i: with --events the running sensor "
@@ -387,7 +321,7 @@ def top(ctx: click.Context, interfaces: tuple[str, ...], events_path: str | None
         return
     if not interfaces:
         raise click.UsageError("Missing option '-i' / '--interface' (or --events FILE|-)")
-    _top_live(list(interfaces), attach, interval, sort, rows, once, peer_opts)
+    _top_live(list(interfaces), attach, interval, sort, rows, once, stage_opts)
 
 
 def _console():
@@ -421,14 +355,16 @@ def _show_loop(console, tty_out: bool, keys, step: Callable[[float], bool], draw
 
 
 def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, rows: int, once: bool,
-              peer_opts: dict[str, Any]) -> None:
+              stage_opts: dict[str, Any]) -> None:
     from sensor.peers.stage import PeerStage
-    from sensor.pipeline.limit_stage import RateLimitStage, config_from_cli
+    from sensor.pipeline.limit_stage import RateLimitStage
     from sensor.pipeline.runner import Runner, RunOptions, check_options
+    from sensor.pipeline.stages import build_stages, close_stages, install_stages
 
     opts = RunOptions(interfaces=interfaces, attach=attach, interval=interval, top=1,
                       min_requests=1 << 62)  # no target events: the table is the output
-    limit_cfg = config_from_cli({k: peer_opts.pop(k) for k in RATELIMIT_KEYS}, interval, attach)
+    given_sources = bool(stage_opts.get("bird_sockets") or stage_opts.get("peers_file")
+                         or stage_opts.get("k8s_nodes"))
     check_options(opts)
     notes: deque[str] = deque(maxlen=3)  # the latest messages about the sensor itself, for the caption
 
@@ -436,25 +372,24 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
         if ev.get("event", {}).get("kind") == "event" and ev.get("message"):  # warnings (BIRD down ...)
             notes.append(ev["message"])
 
+    ctx = StageContext(interval=interval, attach=attach, hostname=opts.hostname, log=notes.append)
+    stages = build_stages(ctx, stage_opts, outputs=False)  # the table is the output
     runner = Runner(opts, collect, notes.append)
     runner.install_signal_handlers()
-    stage = PeerStage.from_options(**peer_opts, interval=interval, hostname=opts.hostname)
-    stage.install(runner)
-    limiter = RateLimitStage(limit_cfg, stage, opts.hostname, notes.append) if limit_cfg.enabled else None
-    if limiter:
-        limiter.install(runner)
-    have_peers = bool(peer_opts.get("bird_sockets") or peer_opts.get("peers_file") or peer_opts.get("k8s_nodes")
-                      or any(s["ok"] is not None for s in stage.book.sources()))
+    install_stages(stages, runner)
+    peer_stage = next(s for s in stages if isinstance(s, PeerStage))
+    limiter = next((s for s in stages if isinstance(s, RateLimitStage)), None)
+    have_peers = given_sources or any(s["ok"] is not None for s in peer_stage.book.sources())
     state = TopState()
     console, tty_out = _console()
     sort_box = [sort]
-    info = live_info(stage, limiter)
+    info = live_info(ctx, limiter)
 
     def draw():
         title = (f"arp-sensor top · {', '.join(interfaces)} ({attach}) · every {interval:g}s · "
                  f"{len(state.rows)} targets · sort: {sort_box[0]}" + ("" if once else " · q quit, s sort"))
         caption = [] if have_peers else ["no BIRD socket or peers file: BGP columns empty"]
-        caption.append(f"rate limits: {limit_cfg.mode}" if limiter else "rate limits: off (--rate-limit)")
+        caption.append(f"rate limits: {limiter.cfg.mode}" if limiter else "rate limits: off (--rate-limit)")
         return render(state, sort_box[0], rows, title, caption + list(notes), console.width, info)
 
     next_tick = [0.0]
@@ -488,10 +423,8 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
 
             raise SensorError(f"no interface left to watch ({', '.join(interfaces)} gone); exiting", EXIT_INTERNAL)
     finally:
-        if limiter:
-            limiter.close()
+        close_stages(stages, notes.append)
         problems = runner.close()
-        stage.close()
         for p in problems:
             click.echo(f"arp-sensor: {p}", err=True)
 
@@ -499,6 +432,8 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
 def _top_events(path: str, sort: str, rows: int, once: bool) -> None:
     import signal
     import threading
+
+    from sensor.events.decode import EventFeed
 
     src = LineSource(path)
     feed = EventFeed()
@@ -526,7 +461,7 @@ def _top_events(path: str, sort: str, rows: int, once: bool) -> None:
             caption.append("end of input")
         if feed.skipped:
             caption.append(f"{feed.skipped} lines that are not arp-sensor events skipped")
-        return render(state, sort_box[0], rows, title, caption, console.width, feed.info)
+        return render(state, sort_box[0], rows, title, caption, console.width, lambda ip: feed_info(feed, ip))
 
     def step(timeout: float) -> bool:
         changed = False

@@ -12,11 +12,9 @@ pytestmark = pytest.mark.usefixtures("docs_untouched")
 def test_incident_smoke() -> None:
     from bench import incident
 
-    r = incident.run_one(4, 0.2, window=3.0, steady_s=2.0, log=lambda _m: None)
-    assert r["dead"] == 1 and r["victims"] == ["n3"]
-    assert r["detected"] == 1 and r["false_positives"] == [] and r["delay_median_s"] > 0
-    assert r["bridge_arp_per_s"] >= r["bridge_dead_arp_per_s"] >= 0
-    text = incident.render([r, {"nodes": 9, "error": "too big"}], 0.2, 3.0, 2.0)
+    r = incident.run_one(4, 0.25, window=3.0, steady_s=3.0, tail_s=15.0, enforce=False, log=lambda _m: None)
+    assert r["dead"] == 1 and r["victims"] == ["n3"] and r["sensors"] == 4
+    assert r["alerted"] == 1 and r["false_alerts"] == [] and r["first_alert_s"] > 0
+    assert r["storm"]["arp_per_s"] >= r["storm"]["dead_arp_per_s"] > 0
+    text = incident.render([r, {"nodes": 9, "error": "too big"}], 0.25, 3.0, 3.0, 15.0)
     assert "## The incident, scaled" in text and "failed: too big" in text
-
-

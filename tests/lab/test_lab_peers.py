@@ -1,7 +1,7 @@
 """Zombie-peer verdicts in the netns lab with real BIRD: an 8-node Calico-style full mesh, the sensor on n4.
 
-n4 is the active end towards n2 and n3 (lower IPs: n4 connects to them) and the passive end towards n6
-(Calico's unidirectional mesh: n6 connects to n4). Kill n2 and n6 → exactly those two get
+n4 is the active end towards n2 and n3 (their address strings sort before n4's: n4 connects to them) and
+the passive end towards n6 (Calico's unidirectional mesh: n6 connects to n4). Kill n2 and n6 → exactly those two get
 `zombie-peer-detected` within 3 verdict windows of leaving Established in n4's BIRD; stop BIRD on n3 with
 its link up → `bgp-down-reachable`, never zombie; revive → cleared.
 """

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from sensor.lab import birdconf
 from sensor.peers import PeerBook
 from sensor.peers.bird import BirdClient
 
@@ -27,10 +28,12 @@ def test_live_bird_reply_parses_like_the_fixtures(bird):
     protos = BirdClient(bird.socket).show_protocols()
     bgp = {p.neighbor_ip: p for p in protos if p.is_bgp}
     assert sorted(bgp) == sorted(bird.peers)
-    for i, ip in enumerate(bird.peers):
+    assert {birdconf.is_passive(bird.router_ip, ip) for ip in bird.peers} == {True, False}  # both kinds
+    for ip in bird.peers:
         p = bgp[ip]
-        assert p.name == f"Mesh_{ip.replace('.', '_')}" and p.state == "start"
-        assert p.bgp_state == ("Passive" if i % 2 == 1 else p.bgp_state)
+        assert p.name == birdconf.protocol_name(ip) and p.state == "start"
+        if birdconf.is_passive(bird.router_ip, ip):
+            assert p.bgp_state == "Passive"
         assert p.bgp_state in ("Idle", "Connect", "Active", "Passive")
         assert p.details["Neighbor AS"] == "64512"
 

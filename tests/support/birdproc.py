@@ -17,31 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from sensor.lab import birdconf
 
-def bird_config(router_ip: str, peers: list[str], passive_every: int = 2, hold: int = 9) -> str:
-    """Calico-like full-mesh config: `Mesh_<ip>` per peer (IPv6: every ':' as '_', as Calico names them),
-    every `passive_every`-th one `passive on`. Each session carries the channel of its neighbour's family.
-    router_ip: the IPv4 router id (BIRD wants one even for an IPv6-only mesh)."""
-    lines = [
-        f"router id {router_ip};",
-        "protocol device { scan time 10; }",
-        "template bgp bgp_template {",
-        "  local as 64512; connect delay time 1; connect retry time 3; error wait time 1, 5;",
-        f"  hold time {hold};",
-        "}",
-    ]
-    for i, ip in enumerate(peers):
-        passive = " passive on;" if passive_every and i % passive_every == 1 else ""
-        channel = "ipv6" if ":" in ip else "ipv4"
-        lines.append(f"protocol bgp Mesh_{ip.replace('.', '_').replace(':', '_')} from bgp_template "
-                     f"{{ neighbor {ip} as 64512;{passive} {channel} {{ import all; export none; }}; }}")
-    return "\n".join(lines) + "\n"
+FAST_TIMERS = birdconf.Timers(connect_delay=1, connect_retry=3, error_wait=(1, 5))  # tests: reconnect soon
 
 
-def peer_ips(n: int, net: str = "198.18.4.0/22") -> list[str]:
-    hosts = ipaddress.ip_network(net).hosts()
-    next(hosts)  # .1 is the router
-    return [str(next(hosts)) for _ in range(n)]
+def peer_ips(n: int, router: str) -> list[str]:
+    """n addresses of the router's network other than the router's own."""
+    iface = ipaddress.ip_interface(router)
+    hosts = (str(h) for h in iface.network.hosts() if h != iface.ip)
+    return [next(hosts) for _ in range(n)]
 
 
 def _run(*args: str) -> None:
@@ -51,19 +36,23 @@ def _run(*args: str) -> None:
 class BirdNetns:
     """`with BirdNetns(n_peers=2) as b:` → a BIRD on `b.socket`; `b.stop()` / `b.start()` restart it."""
 
-    def __init__(self, n_peers: int = 2, router: str = "198.18.4.1/22", n_peers6: int = 0,
-                 router6: str = "2001:db8:4::1/64", socket_name: str = "bird.ctl") -> None:
-        """n_peers6: IPv6 peers in the same BIRD (dual stack in one BIRD 2); socket_name: bird6.ctl for
-        Calico's separate IPv6 BIRD (n_peers=0, n_peers6=N)."""
+    def __init__(self, n_peers: int = 2, router: str = "198.18.4.3/22", n_peers6: int = 0,
+                 router6: str = "2001:db8:4::3/64", socket_name: str = "bird.ctl") -> None:
+        """The router sits among its peers' addresses, so it is passive towards some (Calico's rule) and
+        connects to the others. n_peers6: IPv6 sessions in the same BIRD (dual stack in one BIRD 2);
+        socket_name: bird6.ctl for Calico's separate IPv6 BIRD (n_peers=0, n_peers6=N)."""
         self.ns = f"abird{secrets.token_hex(3)}"
         self.dir = Path(tempfile.mkdtemp(prefix="arp-sensor-bird-"))
         self.socket = str(self.dir / socket_name)
         self.router, self.router6 = router, router6 if n_peers6 else None
-        self.peers = peer_ips(n_peers, str(ipaddress.ip_interface(router).network))
-        if n_peers6:
-            self.peers += peer_ips(n_peers6, str(ipaddress.ip_interface(router6).network))
+        self.router_ip = str(ipaddress.ip_interface(router).ip)
+        self.peers = peer_ips(n_peers, router)
+        peers6 = peer_ips(n_peers6, router6) if n_peers6 else []
+        self.peers += peers6
         self.conf = self.dir / "bird.conf"
-        self.conf.write_text(bird_config(str(ipaddress.ip_interface(router).ip), self.peers))
+        self.conf.write_text(birdconf.render(
+            self.router_ip, self.peers[:n_peers], hold_time=9, timers=FAST_TIMERS,
+            local_ip6=str(ipaddress.ip_interface(router6).ip) if n_peers6 else None, peers6=peers6))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> BirdNetns:

@@ -70,21 +70,25 @@ class FakeBird:
                     cmd, buf = buf.split(b"\n", 1)
                     if cmd == b"restrict":
                         c.sendall(b"0016 Access restricted\n")
-                    elif self.mode == "garbage":
-                        c.sendall(b"\x00\xff\xfeGET / HTTP/1.1\r\n\x13\x37" * 20)
-                    elif self.mode in ("hang-mid", "close-mid"):
-                        c.sendall(self.reply[: len(self.reply) // 2])
-                        if self.mode == "close-mid":
-                            c.close()
-                            return
-                        self._stop.wait()
+                    elif not self.answer(c, cmd):
                         return
-                    else:
-                        c.sendall(self.reply)
         except OSError:
             pass
         finally:
             c.close()
+
+    def answer(self, c: socket.socket, cmd: bytes) -> bool:
+        """Answer one command (after `restrict`); False ends the connection."""
+        if self.mode == "garbage":
+            c.sendall(b"\x00\xff\xfeGET / HTTP/1.1\r\n\x13\x37" * 20)
+        elif self.mode in ("hang-mid", "close-mid"):
+            c.sendall(self.reply[: len(self.reply) // 2])
+            if self.mode == "hang-mid":
+                self._stop.wait()
+            return False
+        else:
+            c.sendall(self.reply)
+        return True
 
     def close(self) -> None:
         """Stop like a dying BIRD: the socket file goes away and open connections are closed."""

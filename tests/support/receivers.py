@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from sensor.outputs.encode import unpack_event_time
+from sensor.outputs.wire import unpack_event_time
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

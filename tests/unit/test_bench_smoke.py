@@ -47,12 +47,29 @@ def test_map_memory_formula() -> None:
     assert map_bytes({"type": "ringbuf", "bytes_key": 0, "bytes_value": 0, "max_entries": 4096}, 2) is None
 
 
-def test_incident_victims_spare_the_sensor_and_the_highest_node() -> None:
-    from bench.incident import victims_for
+def test_incident_victims_and_sensor_sample() -> None:
+    from bench.incident import pair_stats, sensor_nodes, victims_for
+    from sensor.lab.lab import ArpFrame
 
-    for nodes, want in ((8, 2), (20, 4), (50, 10)):
-        v = victims_for(nodes, 0.2, nodes // 2)
-        assert len(v) == want and nodes // 2 not in v and nodes not in v and all(1 <= i < nodes for i in v)
+    for nodes, want in ((8, 2), (20, 4), (50, 10), (250, 50)):
+        ips = {i: f"198.18.0.{i}" for i in range(1, nodes + 1)}
+        watched = sensor_nodes(ips, 8)
+        v = victims_for(nodes, 0.2, watched)
+        assert len(v) == want and watched[0] not in v and all(1 <= i <= nodes for i in v)
+        assert len(watched) == min(8, nodes) and (nodes == 8 or not set(v) & set(watched))
+    # the sample spans the address-string order: with 250 nodes it holds .1xx, .2xx, .5x and .8x nodes
+    sample = [f"198.18.0.{i}" for i in sensor_nodes({i: f"198.18.0.{i}" for i in range(1, 251)}, 8)]
+    assert sample == sorted(sample, key=lambda ip: int(ip.rsplit(".", 1)[1]))
+    assert {ip.rsplit(".", 1)[1][0] for ip in sample} >= {"1", "2", "5", "8"}
+    # pairs are judged by the string rule: .9 and .3 ask for .10, .11 does not ask for .2
+    frames = [ArpFrame(1.0, "Request", "198.18.0.10", "198.18.0.9"),
+              ArpFrame(1.5, "Request", "198.18.0.2", "198.18.0.11"),
+              ArpFrame(1.6, "Request", "198.18.0.10", "198.18.0.3"),
+              ArpFrame(2.5, "Request", "198.18.0.2", "198.18.0.9")]  # after the window
+    st = pair_stats(frames, {"198.18.0.9", "198.18.0.11", "198.18.0.3"}, {"198.18.0.10", "198.18.0.2"}, 0, 2)
+    assert (st["pairs_total"], st["pairs_predicted"], st["pairs_observed"]) == (6, 5, 3)
+    assert (st["pairs_both"], st["pairs_unexpected"], st["pairs_missing"]) == (2, 1, 3)
+    assert st["dead_arp_per_s"] == 1.5 and st["per_pair_arp_per_s"] == 0.5
 
 
 def test_rebuild_orders_sections_and_summarises_verdicts(tmp_path) -> None:

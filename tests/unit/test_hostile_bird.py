@@ -5,10 +5,7 @@ Real unix sockets, no root."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -18,62 +15,28 @@ import pytest
 
 from sensor.peers import PeerBook
 from sensor.peers.bird import MAX_LINE_BYTES
-from tests.support.fakebird import DATA, WELCOME, FakeBird
+from tests.support.fakebird import DATA, FakeBird
 
 GOOD = (DATA / "show_protocols_all.reply").read_bytes()
 
 
-class HostileBird:
+class HostileBird(FakeBird):
     """Answers every command after `restrict` with `reply(send)`: a callable that writes whatever it
     likes through `send` until it returns or the client goes away."""
 
     def __init__(self, path: str, reply: Callable[[Callable[[bytes], None]], None]) -> None:
-        self.path, self.reply = path, reply
-        self.stop = threading.Event()
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(path)
-        self.srv.listen(4)
-        self.srv.settimeout(0.05)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.respond = reply
+        super().__init__(path, reply=b"")
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                c, _ = self.srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._client, args=(c,), daemon=True).start()
-
-    def _client(self, c: socket.socket) -> None:
+    def answer(self, c: socket.socket, cmd: bytes) -> bool:
         def send(data: bytes) -> None:
-            if self.stop.is_set():
+            if self._stop.is_set():
                 raise OSError("stopped")
             c.sendall(data)
 
-        with contextlib.suppress(OSError), c:
-            c.sendall(WELCOME)
-            buf = b""
-            while not self.stop.is_set():
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                buf += chunk
-                while b"\n" in buf:
-                    cmd, buf = buf.split(b"\n", 1)
-                    if cmd == b"restrict":
-                        c.sendall(b"0016 Access restricted\n")
-                    else:
-                        self.reply(send)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.srv.close()
-        self.thread.join(2)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        c.settimeout(None)  # a hostile server writes for as long as the client reads: only close() stops it
+        self.respond(send)
+        return True
 
 
 @pytest.fixture

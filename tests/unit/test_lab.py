@@ -14,7 +14,7 @@ import pytest
 
 from sensor.errors import SensorError
 from sensor.lab import birdconf
-from sensor.lab.lab import parse_show_protocols, parse_tcpdump_line
+from sensor.lab.lab import parse_tcpdump_line
 from tests.support.fixtures_lab import ROOT, cli, leftovers, unique_lab_name
 
 # ---- the config renderer (pure)
@@ -22,9 +22,24 @@ from tests.support.fixtures_lab import ROOT, cli, leftovers, unique_lab_name
 
 def test_protocol_names_and_passive_rule_follow_calico() -> None:
     assert birdconf.protocol_name("10.0.0.7") == "Mesh_10_0_0_7"
-    # the higher IP of each pair connects, the lower waits: exactly one side of every pair is passive
-    assert birdconf.is_passive("198.18.0.2", "198.18.0.10")
-    assert not birdconf.is_passive("198.18.0.10", "198.18.0.2")
+    # Calico compares the address STRINGS: the greater string of each pair connects, the other waits
+    assert birdconf.is_passive("198.18.0.2", "198.18.0.3")
+    assert birdconf.is_passive("198.18.0.10", "198.18.0.2")  # "198.18.0.2" sorts after "198.18.0.10"
+    assert not birdconf.is_passive("198.18.0.2", "198.18.0.10")
+    assert birdconf.connects("198.18.0.9", "198.18.0.10") and not birdconf.connects("198.18.0.10", "198.18.0.9")
+    # Calico's own cases (confd's TestPassiveCommentLogic): node 10.0.0.10 is passive towards 10.0.0.5
+    assert birdconf.is_passive("10.0.0.10", "10.0.0.5") and not birdconf.is_passive("10.0.0.5", "10.0.0.10")
+    ips = [f"198.18.0.{i}" for i in range(1, 13)]
+    for a in ips:  # exactly one side of every pair is passive
+        for b in ips:
+            if a != b:
+                assert birdconf.is_passive(a, b) != birdconf.is_passive(b, a)
+    conf = birdconf.render("198.18.0.9", ips)
+    passive = set(re.findall(r"neighbor (\S+) as \d+;\n  passive on", conf))
+    assert passive == {ip for ip in ips if ip > "198.18.0.9"} == set()  # .9 is the greatest string
+    conf = birdconf.render("198.18.0.10", ips)
+    assert set(re.findall(r"neighbor (\S+) as \d+;\n  passive on", conf)) == {
+        f"198.18.0.{i}" for i in (2, 3, 4, 5, 6, 7, 8, 9, 11, 12)}  # all but .1
     conf = birdconf.render("198.18.0.2", ["198.18.0.1", "198.18.0.2", "198.18.0.3"], hold_time=7)
     blocks = dict(re.findall(r"protocol bgp (Mesh_\S+) from bgp_template \{(.*?)\n\}", conf, re.S))
     assert set(blocks) == {"Mesh_198_18_0_1", "Mesh_198_18_0_3"}  # never itself
@@ -104,21 +119,6 @@ def test_birdconf_entry_point_rejects_bad_hold_time() -> None:
 # ---- parsers (pure)
 
 
-def test_parse_show_protocols() -> None:
-    text = """BIRD 2.0.12 ready.
-Name       Proto      Table      State  Since         Info
-device1    Device     ---        up     23:03:03.697
-Mesh_198_18_0_2 BGP        ---        start  23:03:10.648  Passive       BGP Error: Hold timer expired
-Mesh_198_18_0_4 BGP        ---        up     23:03:05.634  Established
-Mesh_198_18_0_9 BGP        ---        start  23:03:11.698  Active        Socket: No route to host
-"""
-    rows = {p.name: p for p in parse_show_protocols(text)}
-    assert set(rows) == {"device1", "Mesh_198_18_0_2", "Mesh_198_18_0_4", "Mesh_198_18_0_9"}
-    assert rows["Mesh_198_18_0_4"].established and not rows["Mesh_198_18_0_2"].established
-    assert rows["Mesh_198_18_0_2"].info == "Passive BGP Error: Hold timer expired"
-    assert rows["Mesh_198_18_0_9"].info == "Active Socket: No route to host"
-
-
 def test_parse_tcpdump_lines_tagged_and_untagged() -> None:
     plain = (
         "1790000000.123456 aa:bb:cc:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: "
@@ -181,7 +181,7 @@ def test_lab_bad_name_and_missing_lab() -> None:
 # ---- vagrant/
 
 
-def test_vagrantfile_validates() -> None:
+def test_vagrantfile_validates(tmp_path: Path) -> None:
     vagrant = shutil.which("vagrant")
     if vagrant is None:
         pytest.skip("vagrant binary absent (scripts/install-system.sh installs it)")
@@ -191,7 +191,8 @@ def test_vagrantfile_validates() -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"},
+        # its own home: the caller's may not be writable (make test-unit as any user)
+        env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_HOME": str(tmp_path / "vagrant.d")},
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "validated successfully" in r.stdout

@@ -99,6 +99,59 @@ def test_port_in_use_is_one_line_error(metrics):
     assert ei.value.exit_code == 2 and "\n" not in str(ei.value)
 
 
+def test_per_peer_series_only_for_flagged_bgp_peers(metrics):
+    """The roll-up's per-peer series: one per flagged BGP peer (zombie or BGP-down-but-alive), none for
+    healthy peers or unanswered targets (IPs the wire chooses), gone once the verdict clears."""
+    from dataclasses import replace
+
+    from sensor.pipeline.detect import VerdictEngine
+    from tests.unit.test_detect import Book, mesh_peer, run, storm, win
+
+    port = metrics.serve("127.0.0.1", 0)
+    zombie = replace(mesh_peer(), active=True)
+    alive = mesh_peer(ip="198.18.0.8", node=None)
+    ok = mesh_peer("Established", ip="198.18.0.9")
+    eng, book = VerdictEngine(window_s=10.0), Book(zombie, alive, ok)
+
+    def traffic(t: int):
+        return [*storm(t), win("198.18.0.8", 2, replies=1), win("198.18.0.9", 3),
+                win("198.18.0.99", 4), win("198.18.0.99", 1, direction="egress")]
+
+    run(eng, book, 0, 30, traffic)
+    assert eng.verdicts() == {"198.18.0.7": "zombie-peer", "198.18.0.8": "bgp-down-reachable",
+                              "198.18.0.99": "unanswered-target"}
+    metrics.set_peers(eng.flagged_peers(book))
+    got = scrape(port)
+    since = {dict(k[1])["peer_ip"]: (dict(k[1]), v) for k, v in got.items()
+             if k[0] == "arp_sensor_peer_verdict_since_timestamp_seconds"}
+    assert set(since) == {"198.18.0.7", "198.18.0.8"}
+    labels, t_enter = since["198.18.0.7"]
+    assert labels == {"peer_ip": "198.18.0.7", "peer_name": "Mesh_198_18_0_7", "k8s_node": "worker-7",
+                      "verdict": "zombie-peer", "active": "true"}
+    assert 0 < t_enter < 30
+    assert since["198.18.0.8"][0]["active"] == "unknown" and since["198.18.0.8"][0]["k8s_node"] == ""
+    own = {dict(k[1])["peer_ip"]: v for k, v in got.items() if k[0] == "arp_sensor_peer_own_arp_requests_per_second"}
+    assert own == {"198.18.0.7": 1.0, "198.18.0.8": 0.0}  # storm(): this node sends 1 of the 3 requests/s
+    # the zombie answers again: its series disappear with the verdict
+    run(eng, book, 30, 3, lambda t: [win("198.18.0.7", 1, replies=1), *traffic(t)[2:]])
+    metrics.set_peers(eng.flagged_peers(book))
+    got = scrape(port)
+    assert {dict(k[1])["peer_ip"] for k in got if k[0] == "arp_sensor_peer_own_arp_requests_per_second"} == {
+        "198.18.0.8"}
+
+
+def test_warning_events_counted_by_action(metrics):
+    from sensor.events.encode import warning_event
+
+    port = metrics.serve("127.0.0.1", 0)
+    for action in ("program-detached", "program-detached", "interface-gone", "Not A Name!"):
+        metrics.observe_event(warning_event(action, "m", 1.8e9, "h"))
+    got = scrape(port)
+    assert got[("arp_sensor_warnings_total", (("action", "program-detached"),))] == 2
+    assert got[("arp_sensor_warnings_total", (("action", "interface-gone"),))] == 1
+    assert got[("arp_sensor_warnings_total", (("action", "other"),))] == 1
+
+
 def test_nd_counters_and_ipv6_drops_are_first_class(metrics):
     """IPv6 neighbour discovery health counters get their own series; an IPv6 ratelimit event (nd.*) counts
     its drops like an ARP one."""

@@ -15,8 +15,8 @@ import pytest
 from sensor.errors import EXIT_USAGE, SensorError
 from sensor.events.encode import base_event
 from sensor.outputs import build_outputs, parse_spec
-from sensor.outputs.encode import encode_json
 from sensor.outputs.validate import SchemaViolation
+from sensor.outputs.wire import encode_json
 from tests.support.fixtures_schema import parse_events
 from tests.support.receivers import identity, sample_events
 

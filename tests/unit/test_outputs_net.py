@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from sensor.outputs import build_outputs
-from sensor.outputs.encode import encode_json, forward_message, pack_event_time
+from sensor.outputs.wire import encode_json, forward_message, pack_event_time
 from tests.support.fixtures_schema import parse_events, validate_event
 from tests.support.receivers import (
     ForwardReceiver,

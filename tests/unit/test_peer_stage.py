@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from sensor.model import TargetWindow, WindowKey
+from sensor.model import StageContext, TargetWindow, WindowKey
 from sensor.peers import PeerBook
 from sensor.peers.book import CALICO_BIRD_SOCKETS
 from sensor.peers.stage import PeerStage
@@ -14,13 +14,14 @@ from tests.support.fixtures_schema import validate_event
 
 
 def test_from_options_defaults_to_calico_sockets_only_when_none_given(tmp_path):
-    st = PeerStage.from_options(bird_sockets=None, peers_file=None, k8s_nodes=None, verdict_window=10,
-                                interval=1.0)
+    ctx = StageContext(interval=1.0, attach="both", hostname="n1", log=print)
+    st = PeerStage.from_options(ctx, bird_sockets=None, peers_file=None, k8s_nodes=None, verdict_window=10)
+    assert ctx.verdicts is st.engine and ctx.peers is st.book  # published for the later stages
     assert [s["path"] for s in st.book.sources()] == list(CALICO_BIRD_SOCKETS)
     assert st.book.refresh(1.0) == []  # absent defaults are silent
     mine = str(tmp_path / "b.ctl")
-    st = PeerStage.from_options(bird_sockets=[mine], peers_file=None, k8s_nodes=None, verdict_window=5,
-                                interval=0.4)
+    st = PeerStage.from_options(StageContext(interval=0.4, attach="both", hostname="n1", log=print),
+                                bird_sockets=[mine], peers_file=None, k8s_nodes=None, verdict_window=5)
     assert [s["path"] for s in st.book.sources()] == [mine]
     assert st.book.timeout == 0.1 and st.book.budget == 0.2 and st.engine.window_s == 5
 
@@ -35,7 +36,7 @@ def test_install_annotate_and_interval_hook(tmp_path):
         st.install(runner)
         assert runner.emitted == [] and runner.target_annotators == [st.annotate]
         assert st.annotate("198.18.0.7") == {"name": "Mesh_198_18_0_7", "state": "Connect",
-                                             "last_error": "Socket: No route to host"}
+                                             "last_error": "Socket: No route to host", "active": False}
         assert st.annotate("198.18.0.99") is None
         w = TargetWindow(WindowKey(2, "ingress", 0, "198.18.0.7"), "eth0", 1.0, requests=3, senders=1,
                          top_senders=[("198.18.0.1", 3)])

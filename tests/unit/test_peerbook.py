@@ -84,7 +84,8 @@ def test_sick_socket_makes_peers_unknown_and_recovers(sock, servers, mode):
     # peers keep their names but their state is unknown
     p = book.get("198.18.0.2")
     assert (p.name, p.bgp_state, p.proto_state, p.last_error) == ("Mesh_198_18_0_2", None, None, None)
-    assert peer_fields(p) == {"name": "Mesh_198_18_0_2", "state": "unknown"}
+    # this node's address (198.18.0.1, BIRD's source address) is remembered: still the passive side
+    assert peer_fields(p) == {"name": "Mesh_198_18_0_2", "state": "unknown", "active": False}
     assert book.refresh(3.0) == []  # no second warning while it stays sick
     srv.mode = "ok"
     srv.close()
@@ -248,3 +249,60 @@ def test_merge_bird_static_k8s(sock, servers, tmp_path, monkeypatch):
     assert (book.get("198.18.0.50").source, book.get("198.18.0.50").name) == ("static", "tor-switch")
     p60 = book.get("198.18.0.60")
     assert (p60.source, p60.name, p60.node_name, p60.is_bgp) == ("k8s", None, "worker-60", False)
+
+
+def _mesh_reply(node_ip: str, peers: dict[str, str]) -> bytes:
+    """`show protocols all` of node `node_ip`: peer IP -> "Established" or "Connect"."""
+    lines = ["2002-Name       Proto      Table      State  Since         Info"]
+    for ip, state in peers.items():
+        name = "Mesh_" + ip.replace(".", "_")
+        lines += [f"1002-{name} BGP        ---        {'up' if state == 'Established' else 'start'}  "
+                  f"22:59:37.616  {state}",
+                  f"1006-  BGP state:          {state}",
+                  f"     Neighbor address: {ip}"]
+        if state == "Established":
+            lines.append(f"     Source address:   {node_ip}")
+        lines.append(" ")
+    return ("\n".join(lines) + "\n0000 \n").encode()
+
+
+def test_active_side_follows_calicos_string_rule(tmp_path: Path) -> None:
+    """Node 198.18.0.10 connects only to peers whose address string sorts before its own: .1, not .9
+    ("198.18.0.9" > "198.18.0.10" as text), .11, nor .100 ("198.18.0.10" is a prefix of it)."""
+    sock = str(tmp_path / "bird.ctl")
+    srv = FakeBird(sock, reply=_mesh_reply("198.18.0.10", {"198.18.0.1": "Established", "198.18.0.9": "Connect",
+                                                            "198.18.0.11": "Connect", "198.18.0.100": "Connect"}))
+    try:
+        book = PeerBook([sock])
+        book.refresh(1.0)
+        assert book.node_ip == "198.18.0.10"  # learnt from BIRD's source address
+        got = {ip: book.get(ip).active for ip in ("198.18.0.1", "198.18.0.9", "198.18.0.11", "198.18.0.100")}
+        assert got == {"198.18.0.1": True, "198.18.0.9": False, "198.18.0.11": False, "198.18.0.100": False}
+        assert peer_fields(book.get("198.18.0.9"))["active"] is False
+        # an explicit address wins over what BIRD says
+        book2 = PeerBook([sock], local_ip="198.18.0.95")
+        book2.refresh(1.0)
+        assert book2.get("198.18.0.9").active is True and book2.get("198.18.0.100").active is True
+        assert book2.get("198.18.0.1").active is True
+    finally:
+        srv.close()
+
+
+def test_active_side_unknown_without_an_own_address(tmp_path: Path) -> None:
+    sock = str(tmp_path / "bird.ctl")
+    srv = FakeBird(sock, reply=_mesh_reply("198.18.0.10", {"198.18.0.9": "Connect"}))
+    try:
+        book = PeerBook([sock])
+        book.refresh(1.0)
+        assert book.node_ip is None and book.get("198.18.0.9").active is None
+        assert "active" not in peer_fields(book.get("198.18.0.9"))
+        # the Kubernetes node that carries this host's name gives the address
+        nodes = tmp_path / "nodes.json"
+        nodes.write_text(json.dumps({"items": [{"metadata": {"name": "n10"}, "status": {
+            "addresses": [{"type": "InternalIP", "address": "198.18.0.10"}],
+            "conditions": [{"type": "Ready", "status": "True"}]}}]}))
+        book = PeerBook([sock], k8s_nodes=str(nodes), hostname="n10")
+        book.refresh(1.0)
+        assert book.node_ip == "198.18.0.10" and book.get("198.18.0.9").active is False
+    finally:
+        srv.close()

@@ -97,7 +97,8 @@ def _contract_events() -> list[dict]:
 def test_event_feed_builds_intervals_and_columns():
     import json
 
-    from sensor.ui.top import EventFeed
+    from sensor.events.decode import EventFeed
+    from sensor.ui.top import feed_info
     from tests.support.fixtures_schema import validate_event
 
     evs = _contract_events()
@@ -112,10 +113,9 @@ def test_event_feed_builds_intervals_and_columns():
     rows = s.sorted_rows("requests")
     assert [r.ip for r in rows] == ["198.18.0.7", "198.18.0.9"]
     assert rows[0].rate == 40 and rows[0].senders == 3 and rows[0].top_sender == "198.18.0.1"
-    name, state, verdict, limit = feed.info("198.18.0.7")
-    assert (name, state, verdict) == ("Mesh_198_18_0_7", "Active", "zombie-peer")
-    assert "dry-run 7" in limit
-    assert feed.info("198.18.0.9") == ("", "", "", "")
+    assert feed.info("198.18.0.7") == ("Mesh_198_18_0_7", "Active", "zombie-peer", ("dry-run", 7))
+    assert "dry-run 7" in feed_info(feed, "198.18.0.7")[3]
+    assert feed.info("198.18.0.9") == ("", "", "", None)
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -169,7 +169,7 @@ def test_ipv6_targets_sit_beside_ipv4_ones():
     import json
 
     from sensor.events.encode import target_event
-    from sensor.ui.top import EventFeed
+    from sensor.events.decode import EventFeed
 
     s = TopState()
     s.update(iv(tw("2001:db8::7", 30, top=[("2001:db8::1", 30)]), tw(BUSY, 30), tw("2001:db8::1:0", 5),
