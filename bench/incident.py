@@ -25,6 +25,7 @@ this raises net.ipv4.neigh.default.gc_thresh2/3 through the lab's own option, an
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import shutil
 import sys
@@ -152,14 +153,17 @@ def run_one(nodes: int, dead_share: float = 0.2, window: float = 6.0, steady_s: 
     victims = victims_for(nodes, dead_share, watched)
     hold = hold_time if hold_time is not None else 240
     res: dict = {"nodes": nodes, "dead": len(victims), "sensors": len(watched), "hold_time": hold,
-                 "window": window, "victims": [f"n{i}" for i in victims]}
+                 "window": window, "victims": [f"n{i}" for i in victims],
+                 "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     neigh_before = [Path(p).read_text().strip() for p in NEIGH]
+    neigh_ours = neigh_before
     work = Path(tempfile.mkdtemp(prefix="arp-incident-"))
     sensors: dict[int, LiveSensor] = {}
     prom = cap = watch = None
     try:
         t0 = time.monotonic()
         lab.up(raise_neigh_limits=True, progress=log)
+        neigh_ours = [Path(p).read_text().strip() for p in NEIGH]
         lab.wait_established(timeout=120 + 4 * nodes, progress=log)
         res["established_s"] = time.monotonic() - t0
         log(f"incident: {nodes} nodes Established in {res['established_s']:.0f} s; sensors on {len(watched)}")
@@ -233,8 +237,19 @@ def run_one(nodes: int, dead_share: float = 0.2, window: float = 6.0, steady_s: 
             prom.stop()
         Lab.destroy(name)
         shutil.rmtree(work, ignore_errors=True)
-        for p, v in zip(NEIGH, neigh_before, strict=True):  # put the host's limits back
-            Path(p).write_text(v)
+        # put the host's limits back: only those we raised, and only if nobody changed them since
+        for p, before, ours in zip(NEIGH, neigh_before, neigh_ours, strict=True):
+            if ours != before and Path(p).read_text().strip() == ours:
+                Path(p).write_text(before)
+
+
+def predicted_pairs(nodes: int, dead_share: float = 0.2, max_sensors: int = 8) -> tuple[int, int, int]:
+    """(live, dead, pairs Calico's rule makes ask) for a lab of `nodes` with this benchmark's victims."""
+    ips = {i: f"198.18.0.{i}" if i < 255 else f"198.18.{i // 256}.{i % 256}" for i in range(1, nodes + 1)}
+    victims = set(victims_for(nodes, dead_share, sensor_nodes(ips, max_sensors)))
+    dead = {ips[i] for i in victims}
+    live = [ip for i, ip in ips.items() if i not in victims]
+    return len(live), len(dead), sum(1 for a in live for d in dead if a > d)
 
 
 def _f(v: float | None, fmt: str = ".1f") -> str:
@@ -288,6 +303,21 @@ def render(results: list[dict], dead_share: float, window: float, steady_s: floa
         table(["nodes", "pairs", "predicted to ask", "observed asking", "both", "unexpected", "missing",
                "ARP/s per asking pair"], pairs),
     ]
+    runs = [f"{r['nodes']} nodes at {r['measured_at']}" for r in ok if "measured_at" in r]
+    if runs:
+        lines.insert(lines.index(f"Machine: {machine()}.") + 1, "Runs: " + "; ".join(runs) + ".")
+    if ok:
+        big = max(ok, key=lambda r: r["nodes"])
+        rate = big["storm"]["per_pair_arp_per_s"]
+        live, dead, pred = predicted_pairs(250, dead_share)
+        lines += ["", f"At the seed's scale ({live} live × {dead} dead): Calico's rule makes {pred} of the "
+                  f"{live * dead} pairs ask ({pred / (live * dead):.0%}); at the {rate:.2f} ARP/s per asking pair "
+                  f"measured with {big['nodes']} nodes that is **~{pred * rate:,.0f} broadcast ARP/s "
+                  f"(~{round(pred * rate * 60, -3):,.0f} per minute)**, each flooded to every port of the L2 "
+                  "domain: the seed's \"tens of thousands of ARP requests per minute\" is, if anything, low. "
+                  f"{rate:.2f} ARP/s per pair is one connection attempt (3 broadcasts, 1 s apart) every ~5 s "
+                  "(`connect retry time 5`). Whatever the address layout, exactly one side of every pair "
+                  "connects, so about half the (live, dead) pairs ask when the dead nodes are a random share."]
     if enf:
         lines += ["", "The same storm with the sensors restarted in `--rate-limit enforce` (limits on the zombie "
                   "peers' ARP, per node): broadcast ARP/s for the dead peers sent by the enforcing nodes, and on "
@@ -308,15 +338,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tail", type=float, default=110.0, help="seconds after the hold timer before measuring")
     ap.add_argument("--no-enforce", action="store_true", help="skip the --rate-limit enforce phase")
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
+    ap.add_argument("--results", metavar="FILE", help="JSON file of results: sizes measured earlier are kept "
+                    "(a 250-node run is done once, alone), this run's replace theirs; the table shows all")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: render the --results file")
     a = ap.parse_args(argv)
     hold = None if a.hold_time == "default" else int(a.hold_time)
     results = []
-    for n in (int(x) for x in a.nodes.split(",")):
+    for n in ([] if a.report_only else (int(x) for x in a.nodes.split(","))):
         try:
             results.append(run_one(n, a.dead, a.verdict_window, a.steady, hold, a.sensors, a.tail, not a.no_enforce))
         except Exception as e:  # a mesh too big for this machine must not cost the smaller ones
             print(f"incident: {n} nodes failed: {e}", file=sys.stderr)
             results.append({"nodes": n, "error": str(e).splitlines()[0][:200]})
+    if a.results:
+        path = Path(a.results)
+        old = json.loads(path.read_text()) if path.exists() else []
+        mine = {r["nodes"] for r in results}
+        results = sorted([r for r in old if r["nodes"] not in mine] + results, key=lambda r: r["nodes"])
+        path.write_text(json.dumps(results, indent=1))
     if all("error" in r for r in results):
         raise SystemExit("incident: no lab size completed")
     text = render(results, a.dead, a.verdict_window, a.steady, a.tail)

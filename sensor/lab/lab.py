@@ -548,11 +548,11 @@ class Lab:
                     row["error"] = str(e)
                     protos = {}
                 row["sessions"] = {name: {"state": p.state, "info": p.info} for name, p in protos.items()}
-                # Counted over the same peers: sessions to live nodes that are Established, out of the live
-                # nodes (one session per family in a dual-stack lab). A session to a powered-off node stays
-                # Established until the hold timer fires: it is `stale`, not one more than expected.
-                peers = {birdconf.protocol_name(ip): o for o in self._nodes if o.name != n.name
-                         for ip in ((o.ip, o.ip6) if o.ip6 else (o.ip,))}
+                # Counted over the same peers (both families in a dual-stack lab): sessions to live nodes that
+                # are Established, out of the live nodes. A session to a powered-off node stays Established
+                # until the hold timer fires: it is `stale`, not one more than expected.
+                peers = {birdconf.protocol_name(a): o for o in self._nodes if o.name != n.name
+                         for a in (o.ip, o.ip6) if a}
                 est = {name for name, p in protos.items() if p.established and name in peers}
                 row["established"] = sum(1 for name in est if peers[name].name in live)
                 row["expected"] = sum(1 for o in peers.values() if o.name in live) if n.name in live else 0

@@ -5,6 +5,7 @@ Kept free of click so the demo, `top` and the benchmarks can drive it too. Only 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -165,7 +166,10 @@ class Runner:
         for ifindex, name in list(self.ifnames.items()):
             try:
                 current = socket.if_indextoname(ifindex)
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.ENXIO, errno.ENODEV):  # no answer about the interface (EMFILE...)
+                    self.log(f"cannot check interface {name}: {e.strerror}; still watching it")
+                    continue
                 del self.ifnames[ifindex]
                 self.emit(events.warning_event("interface-gone", f"interface {name} (ifindex {ifindex}) is gone; "
                                                "no longer watching it", now, self.opts.hostname))

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(600)]
 
 HOLD = 6
 DEAD = ("n3", "n10")

@@ -75,7 +75,9 @@ def test_two_dead_nodes_two_alerts_then_resolved(lab_factory) -> None:  # type: 
                        for r in prom.query("arp_sensor:zombie_peer_observers:count")}
                 return set(obs) == dead_ips and min(obs.values()) >= 3
 
-            assert wait_for(both_seen_by_many, 2 * 6 + 4 * W + 60), prom.query("arp_sensor:zombie_peer_observers:count")
+            # (the alert is evaluated just after the records it reads: wait for it too, then judge exactly)
+            assert wait_for(lambda: both_seen_by_many() and len(prom.alerts()) >= 2, 2 * 6 + 4 * W + 60), \
+                prom.query("arp_sensor:zombie_peer_observers:count")
             alerts = prom.alerts()
             per_observer = prom.value('count(arp_sensor_peer_verdict_since_timestamp_seconds{verdict="zombie-peer"})')
             assert per_observer is not None and per_observer >= 6  # many sensors, ...

@@ -39,19 +39,19 @@ class BirdNetns:
     def __init__(self, n_peers: int = 2, router: str = "198.18.4.3/22", n_peers6: int = 0,
                  router6: str = "2001:db8:4::3/64", socket_name: str = "bird.ctl") -> None:
         """The router sits among its peers' addresses, so it is passive towards some (Calico's rule) and
-        connects to the others. n_peers6: IPv6 sessions in the same BIRD (dual stack in one BIRD 2);
+        connects to the others. n_peers6: IPv6 peers in the same BIRD (dual stack in one BIRD 2);
         socket_name: bird6.ctl for Calico's separate IPv6 BIRD (n_peers=0, n_peers6=N)."""
         self.ns = f"abird{secrets.token_hex(3)}"
         self.dir = Path(tempfile.mkdtemp(prefix="arp-sensor-bird-"))
         self.socket = str(self.dir / socket_name)
         self.router, self.router6 = router, router6 if n_peers6 else None
         self.router_ip = str(ipaddress.ip_interface(router).ip)
-        self.peers = peer_ips(n_peers, router)
+        peers4 = peer_ips(n_peers, router)
         peers6 = peer_ips(n_peers6, router6) if n_peers6 else []
-        self.peers += peers6
+        self.peers = peers4 + peers6
         self.conf = self.dir / "bird.conf"
         self.conf.write_text(birdconf.render(
-            self.router_ip, self.peers[:n_peers], hold_time=9, timers=FAST_TIMERS,
+            self.router_ip, peers4, hold_time=9, timers=FAST_TIMERS,
             local_ip6=str(ipaddress.ip_interface(router6).ip) if n_peers6 else None, peers6=peers6))
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -168,8 +168,8 @@ def test_ipv6_targets_sit_beside_ipv4_ones():
     an IPv6 target event from `run` (nd.*) becomes a row with its solicitations as its rate."""
     import json
 
-    from sensor.events.encode import target_event
     from sensor.events.decode import EventFeed
+    from sensor.events.encode import target_event
 
     s = TopState()
     s.update(iv(tw("2001:db8::7", 30, top=[("2001:db8::1", 30)]), tw(BUSY, 30), tw("2001:db8::1:0", 5),
