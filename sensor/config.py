@@ -24,13 +24,15 @@ import click
 ENV_VAR = "ARP_SENSOR_CONFIG"
 
 
-def _keys(param: click.Parameter) -> set[str]:
-    """Every name a config key may use for one option."""
-    names = {param.name} if param.name else set()
-    for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", []):
-        if opt.startswith("--"):
-            names.add(opt[2:])
-            names.add(opt[2:].replace("-", "_"))
+def _keys(param: click.Parameter) -> dict[str, bool]:
+    """Every name a config key may use for one option -> whether it is the negative of a --x/--no-x pair
+    (`no-wait = true` means `wait = false`)."""
+    names = {param.name: False} if param.name else {}
+    for opts, negated in ((getattr(param, "opts", []), False), (getattr(param, "secondary_opts", []), True)):
+        for opt in opts:
+            if opt.startswith("--"):
+                names[opt[2:]] = negated
+                names[opt[2:].replace("-", "_")] = negated
     return names
 
 
@@ -40,16 +42,21 @@ def _flag_name(param: click.Parameter) -> str:
     return longs[0] if longs else str(param.name)
 
 
-def _options(cmd: click.Command) -> dict[str, click.Option]:
+def _options(cmd: click.Command) -> dict[str, tuple[click.Option, bool]]:
     out = {}
     for p in cmd.params:
         if isinstance(p, click.Option) and p.name not in ("config", "help", "version"):
-            for k in _keys(p):
-                out[k] = p
+            for k, negated in _keys(p).items():
+                out[k] = (p, negated)
     return out
 
 
-def _value(param: click.Option, value: Any) -> Any:
+def _value(key: str, opt: tuple[click.Option, bool], value: Any, where: str) -> Any:
+    param, negated = opt
+    if param.is_flag and param.is_bool_flag:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {key!r} must be true or false, not {value!r}")
+        return not value if negated else value
     if param.multiple and not isinstance(value, list):
         return [value]
     return value
@@ -65,17 +72,17 @@ def build_default_map(group: click.Group, data: dict[str, Any], where: str) -> t
         out: dict[str, Any] = {}
         for k, v in globals_.items():
             if k in opts:
-                out[opts[k].name] = _value(opts[k], v)
+                out[opts[k][0].name] = _value(k, opts[k], v, where)
                 used.add(k)
         subs = cmd.commands if isinstance(cmd, click.Group) else {}
         for k, v in table.items():
             if path and k in opts:
-                out[opts[k].name] = _value(opts[k], v)
+                out[opts[k][0].name] = _value(k, opts[k], v, where)
             elif isinstance(v, dict) and k in subs:
                 out[k] = walk(subs[k], v, f"{path}.{k}" if path else k)
             elif path or isinstance(v, dict):
                 place = f"[{path}]" if path else "the top level"
-                flags = {_flag_name(o) for o in opts.values()}
+                flags = {_flag_name(o) for o, _ in opts.values()}
                 known = sorted(flags | {f"[{path}.{n}]" for n in subs}) if path else [f"[{n}]" for n in sorted(subs)]
                 raise ValueError(f"{where}: unknown key {k!r} in {place} (known: {', '.join(known)})")
         for name, sub in subs.items():  # commands without a table still get the top-level keys

@@ -122,3 +122,4 @@ class StageContext:
     log: Log
     verdicts: VerdictView | None = None
     peers: PeerLookup | None = None
+    own: Callable[[str], bool] | None = None  # this host's own addresses (PeerStage publishes it)

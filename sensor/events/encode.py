@@ -97,13 +97,13 @@ def health_event(counters: dict[str, int | float], now: float, hostname: str | N
 
 
 def warning_event(action: str, message: str, now: float, hostname: str | None = None,
-                  path: str | None = None) -> Event:
+                  path: str | None = None, level: str = "warning") -> Event:
     """`arp_sensor.health` with `event.kind: event`: something an operator should know about the sensor
     itself (a peer source down, an interface gone). One per transition, not one per interval.
     `path` (the BIRD socket or input file concerned) goes to ECS `file.path`."""
     ev = base_event("arp_sensor.health", "event", now, hostname)
     ev["event"]["action"] = action
-    ev["log"] = {"level": "warning"}
+    ev["log"] = {"level": level}
     ev["message"] = message
     if path:
         ev["file"] = {"path": path}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -21,6 +22,10 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_LINK_CREATE = 28
+BPF_LINK_DETACH = 34
+
+BPF_XDP = 37  # enum bpf_attach_type
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_F_LOCK = 4  # update/lookup take the value's bpf_spin_lock
@@ -141,10 +146,13 @@ def _prog_info(prog_fd: int) -> bytes:
 
 
 def prog_name_by_id(prog_id: int) -> str | None:
-    """Name of a loaded program (as the kernel truncated it, 15 chars), or None if it is gone."""
+    """Name of a loaded program (as the kernel truncated it, 15 chars), or None if it is gone. Raises
+    BpfError(EPERM) without CAP_SYS_ADMIN: BPF_PROG_GET_FD_BY_ID needs it even with CAP_BPF."""
     try:
         fd = prog_fd_by_id(prog_id)
-    except BpfError:
+    except BpfError as e:
+        if e.errno == errno.EPERM:
+            raise
         return None
     try:
         # struct bpf_prog_info: char name[16] at offset 64.
@@ -155,6 +163,43 @@ def prog_name_by_id(prog_id: int) -> str | None:
 
 def prog_id_by_fd(prog_fd: int) -> int:
     return int.from_bytes(_prog_info(prog_fd)[4:8], "little")
+
+
+def link_create_xdp(prog_fd: int, ifindex: int, mode_flags: int) -> int:
+    """BPF_LINK_CREATE for XDP (kernel >= 5.9): a link fd. The kernel detaches the program when the last
+    fd of the link closes, so a SIGKILLed sensor leaves nothing attached; and a link never replaces an
+    attached program (EBUSY/EEXIST), nor can netlink replace or remove it."""
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, prog_fd)
+    _put(attr, 4, ctypes.c_uint32, ifindex)
+    _put(attr, 8, ctypes.c_uint32, BPF_XDP)
+    _put(attr, 12, ctypes.c_uint32, mode_flags)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+@dataclass
+class LinkInfo:
+    link_id: int
+    prog_id: int
+    ifindex: int  # 0 once the link was detached (BPF_LINK_DETACH, or its interface went away)
+
+
+def link_info(link_fd: int) -> LinkInfo:
+    """struct bpf_link_info {u32 type, id, prog_id; union {struct {u32 ifindex;} xdp; ...}} of a link."""
+    info = _attr(64)
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, link_fd)
+    _put(attr, 4, ctypes.c_uint32, ctypes.sizeof(info))
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return LinkInfo(_get(info, 4, ctypes.c_uint32), _get(info, 8, ctypes.c_uint32), _get(info, 16, ctypes.c_uint32))
+
+
+def link_detach(link_fd: int) -> None:
+    """BPF_LINK_DETACH: detaches the link's program now; the fd stays valid (a defunct link)."""
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint32, link_fd)
+    _bpf(BPF_LINK_DETACH, attr)
 
 
 def percpu_value_size(value_size: int) -> int:
@@ -301,19 +346,27 @@ def prog_fd_by_id(prog_id: int) -> int:
 
 
 def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_addr: int, value_slot: int,
-                          max_entries: int) -> int:
+                          max_entries: int, grow: Callable[[int], tuple[int, int, int] | None] | None = None
+                          ) -> tuple[int, bool]:
     """BPF_MAP_LOOKUP_BATCH into caller-owned buffers (no allocation, no copy): `max_entries` keys of
     key_size bytes at keys_addr, values of value_slot bytes each (for per-CPU maps:
-    percpu_value_size(value_size) * possible_cpus()) at values_addr. Returns how many were read.
+    percpu_value_size(value_size) * possible_cpus()) at values_addr. Returns (entries read, complete).
 
     The read is not atomic: under churn (an LRU map flooded with new keys) it can meet more entries than
-    the map holds, so callers give the buffers headroom (MapReader does). If they still fill up, the read
-    stops there and returns what it has; the kernel's ENOSPC (next bucket bigger than the room left) is
-    never raised into the poll loop."""
+    the map holds. When the buffers are full before the end of the map (or the next bucket does not fit:
+    ENOSPC), `grow(entries read)` must return bigger buffers holding the entries read so far, as
+    (keys_addr, values_addr, max_entries), and the read resumes where it stopped. Without `grow`, or
+    when it returns None, the read stops there and `complete` is False: a cut-short snapshot, whose
+    missing entries a caller must not take for gone. ENOSPC never reaches the poll loop."""
     token = ctypes.c_uint32(0)
     total = 0
     first = True
-    while total < max_entries:
+    while True:
+        if total >= max_entries:
+            room = grow(total) if grow else None
+            if room is None:
+                return total, False
+            keys_addr, values_addr, max_entries = room
         attr = _attr()
         _put(attr, 0, ctypes.c_uint64, 0 if first else ctypes.addressof(token))
         _put(attr, 8, ctypes.c_uint64, ctypes.addressof(token))
@@ -321,18 +374,25 @@ def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_add
         _put(attr, 24, ctypes.c_uint64, values_addr + value_slot * total)
         _put(attr, 32, ctypes.c_uint32, max_entries - total)
         _put(attr, 36, ctypes.c_uint32, map_fd)
-        first = False
         try:
             _bpf(BPF_MAP_LOOKUP_BATCH, attr)
         except BpfError as e:
-            total += _get(attr, 32, ctypes.c_uint32)
+            got = _get(attr, 32, ctypes.c_uint32)
+            total += got
             if e.errno == errno.ENOENT:  # the end of the map: the normal way out
-                break
-            if e.errno == errno.ENOSPC and total > 0:  # the buffer is full: return what fits
-                break
+                return total, True
+            if e.errno == errno.ENOSPC:
+                # The next bucket is bigger than the room left; the kernel left the token on it. The first
+                # call only moves the token once it read something.
+                first = first and got == 0
+                room = grow(total) if grow else None
+                if room is None:
+                    return total, False
+                keys_addr, values_addr, max_entries = room
+                continue
             raise
+        first = False
         got = _get(attr, 32, ctypes.c_uint32)
         total += got
         if got == 0:
-            break
-    return total
+            return total, True

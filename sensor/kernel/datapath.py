@@ -1,8 +1,12 @@
 """Loads the kernel program with bcc and attaches it to interfaces: the only module that imports bcc.
 
-Attach rules (docs/architecture.md):
-- XDP: never replace a program someone else attached (XDP_FLAGS_UPDATE_IF_NOEXIST); one left by a
-  crashed arp-sensor (same program name, and no live sensor holds the interface lock) is replaced.
+Attach rules (docs/architecture.md, docs/reliability.md "Crash recovery"):
+- XDP through a BPF link (BPF_LINK_CREATE, kernel >= 5.9): the kernel detaches it when the sensor's
+  last fd closes, so a crashed sensor leaves no XDP program behind, under any capability set. A link
+  never replaces an attached program (EBUSY), and netlink cannot replace or remove it.
+- XDP through netlink only on kernels without XDP links: never replace a program someone else attached
+  (XDP_FLAGS_UPDATE_IF_NOEXIST); one left by a crashed arp-sensor (same program name, and no live sensor
+  holds the interface lock) is replaced. Reading a program's name by id needs CAP_SYS_ADMIN.
 - tc: our own clsact filters at our own priorities, one per ethertype (ARP, 802.1Q, 802.1ad, IPv6) so
   the program only runs for frames that can be ARP or neighbour discovery; a foreign filter at one of
   our priorities is a conflict; the clsact qdisc is removed only if we created it and nothing else uses it.
@@ -84,10 +88,28 @@ class Attachment:
     ifname: str
     ifindex: int
     xdp_flags: int | None = None  # mode flags we attached XDP with, None if no XDP
+    xdp_link_fd: int | None = None  # the BPF link holding our XDP program (None: netlink-attached)
     tc: list[tuple[int, int, int]] = field(default_factory=list)  # (parent, proto, prio) we added
+    # What should be attached, for the watchdog (kept while a hook is lost or taken).
+    want_xdp: int | None = None  # XDP mode flags
+    want_tc: dict[int, object] = field(default_factory=dict)  # parent -> program (bcc function)
     created_clsact: bool = False
     lock_fd: int | None = None
     notes: list[str] = field(default_factory=list)  # what we cleaned up on the way (stale programs)
+
+
+@dataclass
+class HookState:
+    """One hook as the watchdog found it. change: None (ours, untouched), "reattached" (it was removed
+    and the hook was free), "taken" (someone else's program is there: left alone), "failed" (free, but
+    attaching failed: detail says why)."""
+
+    ifname: str
+    hook: str  # xdp | tc-ingress | tc-egress
+    attached: bool
+    prog_id: int  # ours when attached, the other program's when taken, else 0
+    change: str | None = None
+    detail: str = ""
 
 
 class Datapath:
@@ -144,10 +166,13 @@ class Datapath:
         try:
             if attach in ("xdp", "both"):
                 self._attach_xdp(att, xdp_mode)
+                att.want_xdp = att.xdp_flags
             if attach == "tc":
                 self._attach_tc(att, TC_PARENT_INGRESS, self.fn_tc_in)
+                att.want_tc[TC_PARENT_INGRESS] = self.fn_tc_in
             if attach in ("tc", "both"):
                 self._attach_tc(att, TC_PARENT_EGRESS, self.fn_tc_eg)
+                att.want_tc[TC_PARENT_EGRESS] = self.fn_tc_eg
         except BaseException:
             self._detach(att)
             raise
@@ -157,13 +182,20 @@ class Datapath:
     def _attach_xdp(self, att: Attachment, xdp_mode: str) -> None:
         prog_id, _mode = xdp_query(att.ifindex)
         if prog_id:
-            from sensor.kernel.bpfsys import prog_name_by_id
+            from sensor.kernel.bpfsys import BpfError, prog_name_by_id
 
-            name = prog_name_by_id(prog_id)
+            try:
+                name = prog_name_by_id(prog_id)
+            except BpfError:  # EPERM without CAP_SYS_ADMIN: the kernel will not say whose it is
+                raise SensorError(f"{att.ifname}: an XDP program is already attached (id {prog_id}); its name "
+                                  f"cannot be read without CAP_SYS_ADMIN, so it is left alone — use --attach tc, "
+                                  f"or remove it (`ip link set dev {att.ifname} xdp off`) if it is a stale "
+                                  f"arp-sensor's from a version before XDP links", EXIT_CONFLICT) from None
             if name != PROG_XDP:
                 raise SensorError(f"{att.ifname}: an XDP program is already attached (id {prog_id}, "
                                   f"{name or '?'}); refusing to replace it — use --attach tc", EXIT_CONFLICT)
-            # Ours, and we hold the interface lock: a crashed sensor left it behind.
+            # Ours (netlink-attached by an older version or on an old kernel), and we hold the interface
+            # lock: a crashed sensor left it behind.
             self._remove_xdp_any_mode(att.ifname)
             att.notes.append(f"{att.ifname}: removed a stale arp-sensor XDP program (id {prog_id})")
         modes = {"native": [XDP_FLAGS_DRV_MODE], "generic": [XDP_FLAGS_SKB_MODE],
@@ -171,7 +203,12 @@ class Datapath:
         last = ""
         for mode in modes:
             try:
-                self._BPF.attach_xdp(att.ifname, self.fn_xdp, XDP_FLAGS_UPDATE_IF_NOEXIST | mode)
+                if xdp_links_supported():
+                    from sensor.kernel.bpfsys import link_create_xdp
+
+                    att.xdp_link_fd = link_create_xdp(self.fn_xdp.fd, att.ifindex, mode)
+                else:
+                    self._BPF.attach_xdp(att.ifname, self.fn_xdp, XDP_FLAGS_UPDATE_IF_NOEXIST | mode)
                 att.xdp_flags = mode
                 return
             except Exception as e:
@@ -209,6 +246,67 @@ class Datapath:
                        parent=parent, classid=1, direct_action=True, protocol=proto, prio=prio)
                 att.tc.append((parent, proto, prio))
 
+    # -- watchdog ----------------------------------------------------------------------------------
+    def check_hooks(self) -> list[HookState]:
+        """Once per interval: does every hook still hold our program? Someone may have removed it
+        (`bpftool link detach`, `tc qdisc del dev X clsact`, `tc filter del`) or put their own there.
+        Policy: re-attach when the hook is free; never replace someone else's program. Costs one bpf(2)
+        call per XDP link and one netlink dump per tc hook. Interfaces that are gone are skipped (the
+        runner reports those)."""
+        out: list[HookState] = []
+        for att in self.attachments:
+            if not _interface_exists(att.ifindex):
+                continue
+            if att.want_xdp is not None:
+                out.append(self._check_xdp(att))
+            for parent, fn in att.want_tc.items():
+                out.append(self._check_tc(att, parent, fn))
+        return out
+
+    def _check_xdp(self, att: Attachment) -> HookState:
+        from sensor.kernel.bpfsys import link_info
+
+        ours = _prog_id(self.fn_xdp.fd)
+        if att.xdp_link_fd is not None:
+            if link_info(att.xdp_link_fd).ifindex == att.ifindex:
+                return HookState(att.ifname, "xdp", True, ours)
+            os.close(att.xdp_link_fd)  # a defunct link: detached by someone, it holds nothing now
+            att.xdp_link_fd = None
+            att.xdp_flags = None
+        elif att.xdp_flags is not None and xdp_query(att.ifindex)[0] == ours:
+            return HookState(att.ifname, "xdp", True, ours)
+        att.xdp_flags = None
+        other = xdp_query(att.ifindex)[0]
+        if other:
+            return HookState(att.ifname, "xdp", False, other, "taken")
+        try:
+            mode = {XDP_FLAGS_DRV_MODE: "native", XDP_FLAGS_SKB_MODE: "generic"}[att.want_xdp or 0]
+            self._attach_xdp(att, mode)
+        except SensorError as e:
+            return HookState(att.ifname, "xdp", False, xdp_query(att.ifindex)[0], "failed", str(e))
+        return HookState(att.ifname, "xdp", True, ours, "reattached")
+
+    def _check_tc(self, att: Attachment, parent: int, fn) -> HookState:
+        from pyroute2 import IPRoute
+
+        hook = "tc-ingress" if parent == TC_PARENT_INGRESS else "tc-egress"
+        name = fn.name.decode()
+        prios = {p for _, p in TC_PROTOS}
+        with IPRoute() as ipr:
+            filters = [f for f in tc_filters(ipr, att.ifindex, parent) if f["prio"] in prios]
+        if sorted(f["prio"] for f in filters if f["name"] == name) == sorted(prios):
+            return HookState(att.ifname, hook, True, _prog_id(fn.fd))
+        foreign = [f for f in filters if not f["name"].startswith("arpsensor_")]
+        if foreign:
+            return HookState(att.ifname, hook, False, 0, "taken", f"{foreign[0]['name'] or foreign[0]['kind']} "
+                             f"at priority {foreign[0]['prio']}")
+        att.tc = [t for t in att.tc if t[0] != parent]
+        try:
+            self._attach_tc(att, parent, fn)  # removes what is left of ours at that hook, adds all three
+        except (SensorError, OSError) as e:
+            return HookState(att.ifname, hook, False, 0, "failed", str(e))
+        return HookState(att.ifname, hook, True, _prog_id(fn.fd), "reattached")
+
     # -- detach ------------------------------------------------------------------------------------
     def detach_all(self) -> list[str]:
         """Removes everything this process attached; returns problems (one line each), never raises."""
@@ -220,6 +318,10 @@ class Datapath:
 
     def _detach(self, att: Attachment) -> list[str]:
         problems = []
+        if att.xdp_link_fd is not None:  # closing our link detaches the program (nothing if it is gone)
+            os.close(att.xdp_link_fd)
+            att.xdp_link_fd = None
+            att.xdp_flags = None
         if att.xdp_flags is not None and _interface_exists(att.ifindex):  # gone: its program went with it
             try:
                 prog_id, _ = xdp_query(att.ifindex)
@@ -250,6 +352,15 @@ class Datapath:
             os.close(att.lock_fd)
             att.lock_fd = None
         return problems
+
+
+def xdp_links_supported() -> bool:
+    """XDP through BPF_LINK_CREATE: kernel 5.9 and later."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (5, 9)
 
 
 def _prog_id(fd: int) -> int:
@@ -333,10 +444,18 @@ def detach_stale(ifname: str) -> list[str]:
     try:
         from pyroute2 import IPRoute
 
-        from sensor.kernel.bpfsys import prog_name_by_id
+        from sensor.kernel.bpfsys import BpfError, prog_name_by_id
 
+        # Our XDP links went with the process that held them; this finds netlink-attached programs (old
+        # kernels, older versions), whose name only CAP_SYS_ADMIN may read.
         prog_id, mode = xdp_query(ifindex)
-        if prog_id and prog_name_by_id(prog_id) == PROG_XDP:
+        try:
+            name = prog_name_by_id(prog_id) if prog_id else None
+        except BpfError:
+            name = None
+            done.append(f"{ifname}: left XDP program id {prog_id} alone: whose it is cannot be read without "
+                        f"CAP_SYS_ADMIN")
+        if name == PROG_XDP:
             BPF = bpf_class()
             # The mode flag must match how it was attached.
             BPF.remove_xdp(ifname, XDP_FLAGS_SKB_MODE if mode == "xdpgeneric" else XDP_FLAGS_DRV_MODE)

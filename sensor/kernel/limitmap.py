@@ -89,6 +89,9 @@ class LimitMap:
 
     def __init__(self, limits_fd: int, active_fd: int, ctl_fd: int) -> None:
         self.fd, self.active_fd, self.ctl_fd = limits_fd, active_fd, ctl_fd
+        # Entries in the map. Only user space creates or deletes them, so after one walk here every
+        # change keeps it exact: creating or removing a limit costs O(1) syscalls, not a walk of the map.
+        self.count = len(bpfsys.map_keys(self.fd, LIMIT_KEY.size))
 
     # -- raw access (tests write tokens and clocks directly) -----------------------------------------
     def get(self, key: LimitKey) -> LimitVal | None:
@@ -106,8 +109,13 @@ class LimitMap:
 
     def delete(self, key: LimitKey) -> bool:
         gone = bpfsys.map_delete(self.fd, key.pack())
-        self.sync_active()
+        if gone:
+            self._counted(-1)
         return gone
+
+    def _counted(self, delta: int) -> None:
+        self.count = max(0, self.count + delta)
+        self.set_active(self.count)
 
     def take(self, key: LimitKey) -> LimitVal | None:
         """Removes an entry and returns its last counters, atomically where the kernel can (5.14+)."""
@@ -117,9 +125,9 @@ class LimitMap:
             if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):  # 524: ENOTSUPP
                 raise
             val = self.get(key)
-            bpfsys.map_delete(self.fd, key.pack())
-            raw = val.pack() if val else None
-        self.sync_active()
+            raw = val.pack() if val and bpfsys.map_delete(self.fd, key.pack()) else None
+        if raw is not None:
+            self._counted(-1)
         return LimitVal.unpack(raw) if raw is not None else None
 
     def list_keys(self) -> list[LimitKey]:
@@ -141,10 +149,11 @@ class LimitMap:
         bpfsys.map_update(self.active_fd, b"\0\0\0\0", LIMITS_ACTIVE.pack(n))
 
     def sync_active(self) -> int:
-        """Writes the number of entries: after inserts (so they apply), after deletes (0 = fast path)."""
-        n = len(bpfsys.map_keys(self.fd, LIMIT_KEY.size))
-        self.set_active(n)
-        return n
+        """Counts the entries with a walk of the map and writes the count (put() and tests; the policy's
+        operations keep the count without walking)."""
+        self.count = len(bpfsys.map_keys(self.fd, LIMIT_KEY.size))
+        self.set_active(self.count)
+        return self.count
 
     def clear(self) -> None:
         self.set_active(0)  # first: the kernel stops looking while we delete
@@ -176,5 +185,5 @@ class LimitMap:
                 raise
             bpfsys.prog_test_run(self.ctl_fd, cmd)  # created meanwhile: refresh it instead
             return False
-        self.sync_active()
+        self._counted(+1)
         return True

@@ -235,16 +235,26 @@ def pair_totals(entries: EntryMap) -> dict[tuple[int, str, str, int, int], int]:
 
 class MapReader:
     """nd_fd: the nd_counts map (IPv6 neighbour discovery), read into the same table as ARP; None reads
-    ARP only."""
+    ARP only. room: entries the read buffers start with (default: the map's size plus headroom for churn).
+    They grow when a read under churn meets more; a read only stops short of the end of the map past
+    READ_LIMIT times the map's size (never seen: that many inserts during one read)."""
 
-    def __init__(self, map_fd: int, health_fd: int, max_entries: int, nd_fd: int | None = None) -> None:
+    READ_LIMIT = 16
+
+    def __init__(self, map_fd: int, health_fd: int, max_entries: int, nd_fd: int | None = None,
+                 room: int | None = None) -> None:
         self.map_fd, self.health_fd, self.max_entries, self.nd_fd = map_fd, health_fd, max_entries, nd_fd
         self.ncpu = bpfsys.possible_cpus()
         self.names = health_names()
         self._kbuf: np.ndarray | None = None
         self._vbuf: np.ndarray | None = None
-        self._nd_kbuf: np.ndarray | None = None
-        self._nd_vbuf: np.ndarray | None = None
+        # Per map (False: ARP, True: ND): [keys, values, room]. Headroom: a read under churn meets entries
+        # evicted behind it and inserted ahead of it.
+        room = room or max_entries + max_entries // 8 + 64
+        self._bufs: dict[bool, list] = {False: [None, None, room], True: [None, None, room]}
+        # Cumulative, reported in health like the kernel's counters (the aggregator takes deltas).
+        self.read_grown = 0  # reads that needed bigger buffers to reach the end of the map
+        self.read_cut_short = 0  # reads that stopped before the end (READ_LIMIT)
 
     def read_health(self) -> dict[str, int]:
         fmt = health_struct()
@@ -257,23 +267,36 @@ class MapReader:
         return dict(zip(self.names, totals, strict=True))
 
     def read_raw(self, nd: bool = False) -> tuple[memoryview, memoryview, int]:
-        """One batch read of the whole ARP map (nd: the ND map) into buffers kept between reads
-        (allocating and zeroing megabytes per interval cost more than the numpy work); valid until the
-        next read."""
+        """One batch read of the whole ARP map (nd: the ND map), always to its end, into buffers kept
+        between reads (allocating and zeroing megabytes per interval cost more than the numpy work);
+        valid until the next read. A snapshot that missed entries would count their whole cumulative
+        counts again in the next interval (a false storm), so the buffers grow instead of stopping."""
         slot = bpfsys.percpu_value_size(ARP_VAL.size) * self.ncpu
-        # Headroom: a read under churn meets entries evicted behind it and inserted ahead of it.
-        room = self.max_entries + self.max_entries // 8 + 64
         ksize = ND_KEY.size if nd else ARP_KEY.size
-        kbuf, vbuf = (self._nd_kbuf, self._nd_vbuf) if nd else (self._kbuf, self._vbuf)
-        if kbuf is None or vbuf is None:
-            kbuf, vbuf = np.empty(ksize * room, dtype=np.uint8), np.empty(slot * room, dtype=np.uint8)
-            if nd:
-                self._nd_kbuf, self._nd_vbuf = kbuf, vbuf
-            else:
-                self._kbuf, self._vbuf = kbuf, vbuf
+        buf = self._bufs[nd]
+        if buf[0] is None:
+            buf[0], buf[1] = np.empty(ksize * buf[2], dtype=np.uint8), np.empty(slot * buf[2], dtype=np.uint8)
+        grown = False
+
+        def grow(n: int) -> tuple[int, int, int] | None:
+            nonlocal grown
+            limit = self.READ_LIMIT * self.max_entries + 1024
+            if buf[2] >= limit:
+                return None
+            buf[2] = min(buf[2] * 2, limit)
+            kbuf, vbuf = np.empty(ksize * buf[2], dtype=np.uint8), np.empty(slot * buf[2], dtype=np.uint8)
+            kbuf[: ksize * n] = buf[0][: ksize * n]
+            vbuf[: slot * n] = buf[1][: slot * n]
+            buf[0], buf[1] = kbuf, vbuf
+            grown = True
+            return kbuf.ctypes.data, vbuf.ctypes.data, buf[2]
+
         fd = self.nd_fd if nd else self.map_fd
-        n = bpfsys.map_lookup_batch_into(fd, kbuf.ctypes.data, ksize, vbuf.ctypes.data, slot, room)  # type: ignore[arg-type]
-        return memoryview(kbuf)[: ksize * n], memoryview(vbuf)[: slot * n], n
+        n, complete = bpfsys.map_lookup_batch_into(fd, buf[0].ctypes.data, ksize, buf[1].ctypes.data, slot,  # type: ignore[arg-type]
+                                                   buf[2], grow)
+        self.read_grown += grown
+        self.read_cut_short += not complete
+        return memoryview(buf[0])[: ksize * n], memoryview(buf[1])[: slot * n], n
 
     def read_table(self) -> EntryTable:
         arp = EntryTable.from_raw(*self.read_raw(), self.ncpu)
@@ -288,5 +311,6 @@ class MapReader:
         # Health first: a frame counted after this read shows up in the next interval's health too, so
         # per-target sums never run ahead of the health totals.
         health = self.read_health()
-        return Snapshot(time.monotonic(), None, health, table=self.read_table())
-
+        table = self.read_table()
+        health["map_read_grown"], health["map_read_cut_short"] = self.read_grown, self.read_cut_short
+        return Snapshot(time.monotonic(), None, health, table=table)

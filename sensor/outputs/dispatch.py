@@ -132,7 +132,7 @@ def build_outputs(specs: list[str], *, tag: str = "arp_sensor", queue_size: int 
 
 def make_sink(spec: OutputSpec, *, tag: str, queue_size: int) -> Sink:
     if spec.kind == "stdout":
-        return StdoutSink(spec.name)
+        return StdoutSink(spec.name, spec.options.get("queue", queue_size))
     if spec.kind == "file":
         assert spec.path is not None
         return FileSink(spec.name, spec.path)

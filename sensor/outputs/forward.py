@@ -22,6 +22,11 @@ from sensor.outputs.spec import OutputSpec
 from sensor.outputs.wire import forward_message, unpack_event_time
 
 
+class AckError(ConnectionError):
+    """The receiver answered something that is not an ack: the connection is closed and the chunk resent
+    on a new one, like any broken connection."""
+
+
 class ForwardSink(QueuedSink):
     """Fluent forward v1, Forward mode: `[tag, [[EventTime, record], ...], {"size": n, "chunk": id}]`.
 
@@ -92,14 +97,21 @@ class ForwardSink(QueuedSink):
             data = self._sock.recv(65536)
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "receiver closed the connection before acking")
-            self._unpacker.feed(data)
-            for reply in self._unpacker:
-                if isinstance(reply, dict) and reply.get("ack") == self._chunk_id:
+            try:
+                self._unpacker.feed(data)
+                replies = list(self._unpacker)
+            except (msgpack.UnpackException, ValueError, TypeError) as e:  # incl. BufferFull, StackError
+                raise AckError(f"undecodable ack from the receiver: {type(e).__name__}: {e}") from None
+            for reply in replies:
+                ack = reply.get("ack") if isinstance(reply, dict) else None
+                if not isinstance(ack, str):
+                    raise AckError(f"not an ack from the receiver: {str(reply)[:80]}")
+                if ack == self._chunk_id:
                     n, self._inflight = len(self._inflight), []
                     self.acked_chunks += 1
                     self._settle(n)
                     return
-                # an ack for an older id (a resend already acked) or anything else: ignore
+                # an ack for an older id (a resend already acked): ignore
 
     def stats(self) -> dict[str, Any]:
         st = super().stats()

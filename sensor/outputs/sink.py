@@ -1,6 +1,7 @@
-"""What every sink shares: counters and the Dispatcher's interface (Sink), and for network sinks a
-bounded queue drained by one daemon thread per sink with non-blocking sockets and reconnect backoff
-(QueuedSink), so `put()` never blocks the interval loop and `close()` always returns by its deadline.
+"""What every sink shares: counters and the Dispatcher's interface (Sink), and for stdout and the network
+sinks a bounded queue drained by one daemon thread per sink with non-blocking sockets and reconnect
+backoff (QueuedSink), so `put()` never blocks the interval loop and `close()` always returns by its
+deadline.
 """
 
 
@@ -194,9 +195,14 @@ class QueuedSink(Sink):
                     continue
             try:
                 self._pump()
-            except OSError as e:
+            except OSError as e:  # incl. forward's AckError: count, reconnect, resend
                 self._error(e)
                 self._disconnect()
+            except Exception as e:  # a bug must not kill the sender thread silently either; no hot loop
+                self._error(e)
+                self._disconnect()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
         self._disconnect()
 
     def _disconnect(self) -> None:

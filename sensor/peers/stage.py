@@ -17,6 +17,7 @@ from sensor.events.encode import Event, warning_event
 from sensor.model import Interval, StageContext
 from sensor.peers import PeerBook, peer_fields
 from sensor.peers.book import CALICO_BIRD_SOCKETS
+from sensor.peers.own import OwnAddresses, kernel_resolve
 from sensor.pipeline.detect import VerdictEngine
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class PeerStage:
         self.book = book
         self.engine = engine
         self._error: str | None = None
+        self._confirms = 0
 
     @classmethod
     def from_options(cls, ctx: StageContext, *, bird_sockets: list[str] | tuple[str, ...] | None,
@@ -52,8 +54,10 @@ class PeerStage:
         book = PeerBook(explicit, optional_sockets=[] if explicit else list(CALICO_BIRD_SOCKETS),
                         peers_file=peers_file, k8s_nodes=k8s_nodes,
                         timeout=min(0.25, interval / 4), budget=min(0.5, interval / 2), hostname=hostname)
-        engine = VerdictEngine(window_s=verdict_window, min_requests=min_requests, hostname=hostname)
-        ctx.verdicts, ctx.peers = engine, book
+        own = OwnAddresses()
+        engine = VerdictEngine(window_s=verdict_window, min_requests=min_requests, hostname=hostname, own=own,
+                               confirm=kernel_resolve)
+        ctx.verdicts, ctx.peers, ctx.own = engine, book, own
         return cls(book, engine)
 
     def on_interval(self, interval: Interval, now: float) -> list[Event]:
@@ -82,6 +86,12 @@ class PeerStage:
             runner.emit(ev)
         runner.interval_hooks.append(self.on_interval)
         runner.target_annotators.append(self.annotate)
+        runner.health_sources.append(self.health)
+
+    def health(self) -> dict[str, int]:
+        """First-hand checks (the host's kernel asked for a zombie candidate itself) in the interval."""
+        n, self._confirms = self.engine.confirms - self._confirms, self.engine.confirms
+        return {"verdict_first_hand_checks": n}
 
     def close(self) -> None:
         self.book.close()

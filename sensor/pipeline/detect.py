@@ -18,6 +18,13 @@ Verdicts:
                       alive
   healthy             anything else; an Established peer is always healthy
 
+First-hand check (issue 13): the replies a host sends to others' requests are unicast, so a node on the
+passive side of a BGP pair (it never connects, so never ARPs for the peer) sees the others' requests but
+never the answers. While a zombie-peer candidacy is not backed by this host's own requests, the engine
+calls `confirm(ip)` (at most once per window per IP, a few per interval): the host's kernel resolves the
+address itself (sensor.peers.own), so a live host answers *us* before the candidacy's window is over
+(alive: bgp-down-reachable), and a dead one does not (zombie-peer, as before).
+
 Hysteresis (the rule the tests check):
   - enter a verdict only after it has been the raw verdict at every interval for a full window
     (`window_s`): the first window that shows the evidence plus one more, i.e. evidence across two
@@ -35,7 +42,7 @@ Hysteresis (the rule the tests check):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +83,7 @@ class _State:
     candidate_since: float = 0.0
     down_since: float | None = None  # BIRD showed the session not Established since then
     last_alive: float | None = None
+    confirmed_at: float | None = None  # the last first-hand check (confirm) for this IP
 
 
 @dataclass(slots=True)
@@ -136,9 +144,19 @@ class VerdictEngine:
     """Per-IP verdicts with hysteresis over a sliding window; see the module docstring for the rules."""
 
     def __init__(self, window_s: float = 10.0, min_requests: int = 3, hostname: str | None = None,
-                 max_tracked: int = 16384, max_unanswered: int = 64) -> None:
+                 max_tracked: int = 16384, max_unanswered: int = 64,
+                 own: Callable[[str], bool] | None = None,
+                 confirm: Callable[[str], None] | None = None, max_confirms: int = 4) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be > 0")
+        # First-hand check before a zombie verdict this host's own requests do not back (module docstring);
+        # at most max_confirms per interval, each IP at most once per window.
+        self.confirm = confirm
+        self.max_confirms = max_confirms
+        self.confirms = 0  # first-hand checks made (health: verdict_first_hand_checks)
+        self._confirms_left = max_confirms
+        # This host's own addresses are never unanswered: with XDP only, our own replies are never seen.
+        self.own = own or (lambda ip: False)
         self.window_s = window_s
         self.min_requests = max(1, min_requests)
         self.hostname = hostname
@@ -200,6 +218,7 @@ class VerdictEngine:
             if st is not None and ip not in per_ip:
                 self._push(st, _Sample(now, 0, 0, 1, 0, {}))
         events: list[Event] = []
+        self._confirms_left = self.max_confirms
         self._n_unanswered = sum(1 for st in self._st.values() if st.verdict == UNANSWERED)
         suppressed_before = self.suppressed
         for ip in list(self._st):
@@ -243,7 +262,7 @@ class VerdictEngine:
         ev.senders = max(ev.senders, len(ev.top))
         return ev
 
-    def _raw(self, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
+    def _raw(self, ip: str, st: _State, peer: Peer | None, ev: Evidence) -> str | None:
         """The verdict this interval's evidence alone points to; None = unknown (hold)."""
         if peer is not None and peer.is_bgp:
             if peer.bgp_state is None:
@@ -257,7 +276,7 @@ class VerdictEngine:
             if st.last_alive is not None and st.down_since is not None and st.last_alive >= st.down_since:
                 return DOWN_REACHABLE
             return HEALTHY  # down, but nobody asks for it: nothing to say from ARP
-        if ev.requests >= self.min_requests and not ev.alive:
+        if ev.requests >= self.min_requests and not ev.alive and not self.own(ip):
             return UNANSWERED
         return HEALTHY
 
@@ -282,6 +301,8 @@ class VerdictEngine:
         elif v == UNANSWERED:
             if ev.alive:
                 return f"host answers {proto}"
+            if self.own(ip):
+                return "it is one of this host's own addresses"
             if ev.requests == 0:
                 return f"no {reqs} for it in {self.window_s:g} s"
             if bgp and peer is not None and peer.bgp_state is not None:
@@ -306,7 +327,9 @@ class VerdictEngine:
             if was == UNANSWERED and bgp_now:
                 # the same evidence already held for a window: a zombie need not wait another one
                 st.candidate, st.candidate_since = ZOMBIE, now - self.window_s
-        raw = self._raw(st, peer, ev)
+        raw = self._raw(ip, st, peer, ev)
+        if raw == ZOMBIE and st.verdict != ZOMBIE:
+            self._first_hand(ip, st, now)
         if raw is None or raw == st.verdict:
             st.candidate = None
             return events
@@ -328,6 +351,20 @@ class VerdictEngine:
         st.verdict, st.candidate, st.since = raw, None, now
         events.append(self._event(raw, "detected", ip, peer, now, None, st))
         return events
+
+    def _first_hand(self, ip: str, st: _State, now: float) -> None:
+        """Asks this host's kernel to resolve ip when nothing this host sent backs the zombie evidence; a
+        live host's answer then reaches us and clears the candidacy before its window is over."""
+        if self.confirm is None or self._confirms_left <= 0:
+            return
+        if st.confirmed_at is not None and now - st.confirmed_at < self.window_s:
+            return
+        if any(self.own(asker) for s in st.samples for asker in s.top):
+            return  # our own requests are in the evidence: their replies would have reached us
+        self._confirms_left -= 1
+        self.confirms += 1
+        st.confirmed_at = now
+        self.confirm(ip)
 
     def _event(self, verdict: str, change: str, ip: str, peer: Peer | None, now: float,
                reason: str | None, st: _State) -> Event:

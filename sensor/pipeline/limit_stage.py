@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import click
 
 from sensor.errors import SensorError
-from sensor.events.encode import Event
+from sensor.events.encode import Event, warning_event
 from sensor.kernel.layout import DIR_EGRESS, DIR_INGRESS
 from sensor.model import Interval, Log, PeerLookup, StageContext, VerdictView
 from sensor.peers import peer_fields
@@ -65,15 +65,17 @@ class RateLimitStage:
     options: ClassVar[list[Callable[[Any], Any]]] = OPTIONS
 
     def __init__(self, cfg: LimitConfig, verdicts: VerdictView, peers: PeerLookup, hostname: str | None = None,
-                 log: Log | None = None) -> None:
+                 log: Log | None = None, own: Callable[[str], bool] | None = None) -> None:
         self.cfg = cfg
         self.verdicts = verdicts
         self.peers = peers
-        self.policy = RateLimitPolicy(cfg, hostname, peer_fields)
+        self.policy = RateLimitPolicy(cfg, hostname, peer_fields, own)
         self.log = log or (lambda msg: None)
         self.runner: Runner | None = None
         self.lm: LimitMap | None = None
-        self.map_full_logged = False
+        self.keys: set = set()  # the kernel entries we hold: removals need no walk of the map
+        self.map_full = False  # the kernel refused entries last interval (one warning per transition)
+        self.refused = 0  # entries the kernel refused this interval (health: ratelimit_entries_refused)
 
     @classmethod
     def from_options(cls, ctx: StageContext, *, rate_limit: str, limit_pps: float | None, limit_burst: int | None,
@@ -87,12 +89,14 @@ class RateLimitStage:
             return None
         if ctx.verdicts is None or ctx.peers is None:
             raise RuntimeError("RateLimitStage must be built after the PeerStage (sensor.pipeline.stages)")
-        return cls(cfg, ctx.verdicts, ctx.peers, ctx.hostname, ctx.log)
+        return cls(cfg, ctx.verdicts, ctx.peers, ctx.hostname, ctx.log, ctx.own)
 
     def install(self, runner: Runner) -> None:
         """Register after the PeerStage: its hook updates the verdicts this one reads."""
         self.runner = runner
         runner.interval_hooks.append(self.on_interval)
+        runner.health_sources.append(lambda: {"ratelimit_entries_refused": self.refused,
+                                              "ratelimit_targets": len(self.policy.active)})
 
     def _map(self) -> LimitMap:
         if self.lm is None:
@@ -122,24 +126,40 @@ class RateLimitStage:
             totals[ip] = (d + val.dropped, w + val.would_drop)
 
         # Removals first (a limit goes the interval its reason does), taking their last counters.
-        for key in lm.list_keys():
-            if key not in want:
-                val = lm.take(key)
-                if val is not None:
-                    add(key.ip, val)
+        for key in self.keys - want:
+            val = lm.take(key)
+            if val is not None:
+                add(key.ip, val)
+        self.keys &= want
         now_ns = time.monotonic_ns()
+        accepted: set[str] = set()
+        self.refused = 0
         for key in sorted(want, key=lambda k: (k.ip, k.ifindex, k.dir)):
             try:
                 lm.apply(key, self.cfg.pps, self.cfg.burst, self.cfg.ttl_s, self.cfg.dry_run, now_ns)
-            except SensorError as e:  # the kernel map is full (many IPs x interfaces): keep what fits
-                if not self.map_full_logged:
-                    self.map_full_logged = True
-                    self.log(f"{e}: some limits not applied")
+            except SensorError:  # the kernel map is full (many IPs x interfaces): keep what fits
+                self.refused += 1
                 continue
+            self.keys.add(key)
+            accepted.add(key.ip)
             val = lm.get(key)
             if val is not None:
                 add(key.ip, val)
-        return decision.events + self.policy.report(decision, totals, now, interval.interval_s, book)
+        events = []
+        for ev in decision.events:
+            ip = ev.get("destination", {}).get("ip")
+            if ev["event"].get("action") == "ratelimit-applied" and ip not in accepted:
+                # Say only what is true: not applied, so not active; the next interval tries again.
+                self.policy.active.pop(ip, None)
+                continue
+            events.append(ev)
+        if self.refused and not self.map_full:
+            events.append(warning_event(
+                "ratelimit-map-full", f"the kernel limits map is full: {self.refused} entries (IP x interface x "
+                "direction) not applied; those targets are not limited (arp_sensor.health.ratelimit_entries_"
+                "refused)", now, self.policy.hostname))
+        self.map_full = bool(self.refused)
+        return events + self.policy.report(decision, totals, now, interval.interval_s, book)
 
     def close(self) -> None:
         """A clean exit removes every limit at once (a crash leaves them to their TTL)."""

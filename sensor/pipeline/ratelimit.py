@@ -7,7 +7,8 @@ sensor/pipeline/limit_stage.py writes the result into the kernel every interval.
 - auto mode limits `zombie-peer` targets (and `unanswered-target` ones with --limit-unanswered);
 - --limit-target adds manual targets (CIDRs up to /24, IPv6 up to /120, expanded to addresses);
 - IPv6 targets are limited like IPv4 ones: their neighbour solicitations (never DAD) on tc egress;
-- never limited, whatever the source: an allow-listed address, an Established BGP peer, a target that
+- never limited, whatever the source: an allow-listed address, one of this host's own addresses (every
+  address in the sensor's network namespace), an Established BGP peer, a target that
   showed it is alive (replied, announced itself or asked for others) within the verdict window. A manual
   entry refused for one of these reasons gets one warning per reason;
 - a limit is removed the interval its reason goes away (verdict cleared, session Established, host
@@ -149,8 +150,10 @@ class Decision:
 
 class RateLimitPolicy:
     def __init__(self, cfg: LimitConfig, hostname: str | None = None,
-                 peer_fields: Callable[[Peer], dict[str, Any]] | None = None) -> None:
+                 peer_fields: Callable[[Peer], dict[str, Any]] | None = None,
+                 own: Callable[[str], bool] | None = None) -> None:
         self.cfg = cfg
+        self.own = own or (lambda ip: False)  # this host's own addresses: never limited
         self.hostname = hostname
         self.peer_fields = peer_fields
         self.active: dict[str, Active] = {}
@@ -161,6 +164,8 @@ class RateLimitPolicy:
         """Why ip must never be limited now, or None."""
         if self.cfg.allowed(ip):
             return "it is on the --limit-allow list"
+        if self.own(ip):
+            return "it is one of this host's own addresses"
         peer = peers.get(ip)
         if peer is not None and peer.is_bgp and peer.established:
             return f"its BGP session{' ' + peer.name if peer.name else ''} is Established"

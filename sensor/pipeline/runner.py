@@ -50,6 +50,11 @@ class Runner:
         # Hooks for later stages (peers, verdicts, rate limits): called once per interval.
         self.interval_hooks: list[Callable[[Interval, float], list[events.Event]]] = []
         self.target_annotators: list[Callable[[str], dict | None]] = []
+        # Stages add their own counters to every health event (e.g. the rate-limit stage).
+        self.health_sources: list[Callable[[], dict]] = []
+        # The attach watchdog: each hook as last checked, and its state ("ok", "taken", "failed").
+        self.hooks: list = []
+        self.hook_states: dict[tuple[str, str], str] = {}
         # Called once everything is compiled and attached (systemd's READY=1 goes here).
         self.ready_hooks: list[Callable[[], None]] = []
 
@@ -130,6 +135,7 @@ class Runner:
             for ev in hook(iv, now):
                 self.emit(ev)
         self._check_interfaces(now)
+        self._check_hooks(now)
         poll_ms = (time.monotonic() - t0) * 1000
         self.emit(events.health_event(self.health_fields(iv, poll_ms), now, self.opts.hostname))
         return iv
@@ -155,6 +161,11 @@ class Runner:
         h["frames_tx"] = sum(v[1] - self.if_stats.get(k, v)[1] for k, v in stats.items())
         self.if_stats = stats
         h.update(iv.health)
+        for source in self.health_sources:
+            h.update(source())
+        h["hooks_attached"] = sum(hk.attached for hk in self.hooks)
+        h["hooks"] = [{"interface": hk.ifname, "hook": hk.hook, "attached": hk.attached, "prog_id": hk.prog_id}
+                      for hk in self.hooks]
         h.update({
             "entries_live": iv.entries_live, "entries_max": self.opts.max_entries,
             "entries_evicted": iv.entries_evicted, "targets_live": iv.targets_live,
@@ -179,6 +190,35 @@ class Runner:
                 self.aggregator.ifnames[ifindex] = current
                 self.emit(events.warning_event("interface-renamed", f"interface {name} is now {current}; "
                                                "still watching it", now, self.opts.hostname))
+
+
+    def _check_hooks(self, now: float) -> None:
+        """The attach watchdog (docs/reliability.md): one `program-detached` warning when a hook lost our
+        program, one `program-reattached` event when it holds it again after being taken."""
+        if self.datapath is None:
+            return
+        self.hooks = self.datapath.check_hooks()
+        for hk in self.hooks:
+            key = (hk.ifname, hk.hook)
+            before = self.hook_states.get(key, "ok")
+            after = hk.change if hk.change in ("taken", "failed") else "ok"
+            self.hook_states[key] = after
+            where = f"{hk.hook} on {hk.ifname}"
+            if hk.change == "reattached" and before == "ok":
+                self.emit(events.warning_event(
+                    "program-detached", f"our program on {where} was removed by someone else; re-attached "
+                    "(the hook was free); frames in between were not counted", now, self.opts.hostname))
+            elif hk.change == "reattached":
+                self.emit(events.warning_event(
+                    "program-reattached", f"{where} is free again; our program is re-attached", now,
+                    self.opts.hostname, level="info"))
+            elif after != "ok" and before == "ok":
+                why = (f"someone else's program is there ({hk.detail or f'id {hk.prog_id}'}); never replaced, "
+                       "re-attached when the hook is free again" if after == "taken"
+                       else f"re-attaching failed: {hk.detail}; retried every interval")
+                self.emit(events.warning_event(
+                    "program-detached", f"our program on {where} was removed or replaced: {why}; nothing is "
+                    f"counted there meanwhile", now, self.opts.hostname))
 
 
 def check_options(opts: RunOptions) -> None:

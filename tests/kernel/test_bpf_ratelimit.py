@@ -306,3 +306,70 @@ def test_apply_and_refresh_an_ipv6_limit_through_limctl(dp, lm):
     v = lm.get(key)
     assert (v.rate_mpps, v.burst, v.dry_run) == (5000, 8, False)
     assert lm.list_keys() == [key]
+
+
+def test_creating_or_removing_a_limit_costs_o1_syscalls(dp, lm, monkeypatch):
+    """Issue 13 item 6: with 600 limits in the map, creating a 601st and removing it again each take a
+    handful of bpf(2) calls; they used to walk the whole map (GET_NEXT_KEY per entry) to recount it."""
+    for i in range(600):
+        lm.apply(LimitKey(LO, f"198.19.{i // 250}.{i % 250 + 1}", DIR_EGRESS), 1.0, 1, 60.0, False)
+    assert lm.active() == 600 == lm.sync_active()
+    calls: list[int] = []
+    real = bpfsys._bpf
+
+    def counting(cmd, attr):
+        calls.append(cmd)
+        return real(cmd, attr)
+
+    monkeypatch.setattr(bpfsys, "_bpf", counting)
+    key = LimitKey(LO, TARGET, DIR_EGRESS)
+    assert lm.apply(key, 1.0, 1, 60.0, False) is True
+    created, calls[:] = len(calls), []
+    assert lm.take(key) is not None
+    removed = len(calls)
+    monkeypatch.undo()
+    assert created <= 3 and removed <= 2, (created, removed)  # test-run, insert, active / take, active
+    assert lm.active() == 600 == lm.sync_active()
+
+
+def test_applied_only_once_the_kernel_took_it_and_a_full_map_is_an_event_and_a_metric(dp, lm):
+    """Issue 13 item 6: `ratelimit-applied` only for a target the kernel holds an entry for. With the
+    limits map full, the stage says so once (`ratelimit-map-full`) and counts the refused entries in
+    health, and announces nothing; once there is room, the limits are applied and announced."""
+    from types import SimpleNamespace
+
+    from sensor.pipeline.limit_stage import RateLimitStage
+    from sensor.pipeline.ratelimit import config_from_options
+
+    cfg = config_from_options(mode="enforce", targets=["198.18.6.1", "198.18.6.2"], interval=1.0, attach="both")
+    nobody = SimpleNamespace(verdicts=dict, alive=lambda ip: False, verdict=lambda ip: "healthy")
+    stage = RateLimitStage(cfg, nobody, SimpleNamespace(get=lambda ip: None))
+    runner = SimpleNamespace(datapath=dp, ifnames={LO: "lo"}, interval_hooks=[], health_sources=[])
+    stage.install(runner)
+    m = stage._map()
+    filler = [LimitKey(999, f"198.19.{i // 250}.{i % 250 + 1}", DIR_EGRESS) for i in range(4096)]
+    val = LimitVal(cost_ns=NS, burst=1, expires_ns=time.monotonic_ns() + 60 * NS).pack()
+    for k in filler:  # someone else's interface: fills the map without touching what the stage holds
+        bpfsys.map_update(m.fd, k.pack(), val, bpfsys.BPF_NOEXIST)
+    m.sync_active()
+    iv = SimpleNamespace(interval_s=1.0)
+
+    def step(now: float) -> tuple[list[str], dict]:
+        evs = stage.on_interval(iv, now)
+        health: dict = {}
+        for source in runner.health_sources:
+            health.update(source())
+        return [e["event"].get("action") for e in evs], health
+
+    actions, health = step(1.0)
+    assert actions == ["ratelimit-map-full"] and health["ratelimit_entries_refused"] == 2
+    assert health["ratelimit_targets"] == 0
+    actions, health = step(2.0)
+    assert actions == [] and health["ratelimit_entries_refused"] == 2  # one warning per transition
+    for k in filler[:10]:
+        bpfsys.map_delete(m.fd, k.pack())
+    m.sync_active()
+    actions, health = step(3.0)
+    assert actions == ["ratelimit-applied", "ratelimit-applied"] and health["ratelimit_entries_refused"] == 0
+    assert health["ratelimit_targets"] == 2
+    assert {k.ip for k in m.list_keys() if k.ifindex == LO} == {"198.18.6.1", "198.18.6.2"}

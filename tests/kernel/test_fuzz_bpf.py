@@ -32,6 +32,7 @@ from sensor.kernel.layout import (
 )
 from sensor.kernel.reader import MapReader, pair_totals, target_totals
 from tests.support import frames as F
+from tests.support.fixtures_bpf import TEST_MAP_SIZE
 from tests.support.refparse import ARP_LEN, ND_KINDS, TARGET_FIELD, classify
 from tests.support.refparse import KEY_F_MAC_MISMATCH as REF_MAC_MISMATCH
 
@@ -395,11 +396,11 @@ def test_batch_read_always_reaches_the_end_of_the_map(dp, reader):
     harness.reset_maps()
 
 
-def test_batch_read_into_a_full_buffer_returns_what_fits(dp, reader):
-    """The reader's zero-copy read into its own buffers cannot grow them: when a churned map meets it
-    with more entries than the room left, it returns what fits instead of raising ENOSPC into the poll
-    loop (which would have ended the sensor). Forced here with buffers of 50-449 entries over a map of
-    1000: the old loop raised ENOSPC for every size where a bucket of two or more straddled the end."""
+def test_batch_read_into_a_full_buffer_returns_what_fits_and_says_so(dp, reader):
+    """Without a way to grow, the zero-copy read into caller-owned buffers returns what fits instead of
+    raising ENOSPC into the poll loop (which would have ended the sensor), and says it is incomplete.
+    Forced here with buffers of 50-449 entries over a map of 1000: the old loop raised ENOSPC for every
+    size where a bucket of two or more straddled the end."""
     import numpy as np
 
     from sensor.kernel.layout import ARP_KEY, ARP_VAL
@@ -412,7 +413,52 @@ def test_batch_read_into_a_full_buffer_returns_what_fits(dp, reader):
     for room in range(50, 450):
         kbuf = np.empty(ARP_KEY.size * room, dtype=np.uint8)
         vbuf = np.empty(slot * room, dtype=np.uint8)
-        n = bpfsys.map_lookup_batch_into(dp.map_fds[0], kbuf.ctypes.data, ARP_KEY.size, vbuf.ctypes.data, slot,
-                                         room)
-        assert room - 8 <= n <= room
+        n, complete = bpfsys.map_lookup_batch_into(dp.map_fds[0], kbuf.ctypes.data, ARP_KEY.size,
+                                                   vbuf.ctypes.data, slot, room)
+        assert room - 8 <= n <= room and not complete
+    harness.reset_maps()
+
+
+def test_reader_with_small_buffers_under_churn_counts_exactly(dp, reader):
+    """Issue 13 item 3: the sensor's reader, forced to start with buffers for 16 entries over a map of
+    several hundred while another thread keeps inserting new keys, reaches the end of the map on every
+    read: the hot targets' counts are exact in every interval (a cut-short read used to drop entries from
+    one snapshot and count their whole cumulative count again in the next: a false storm)."""
+    import threading
+
+    from sensor.kernel.reader import MapReader
+    from sensor.pipeline.aggregate import Aggregator
+
+    harness = Harness(dp, reader)
+    harness.reset_maps()
+    for i in range(300):  # cold entries spread over the map's buckets
+        bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", f"198.19.{i // 250}.{i % 250 + 1}"))
+    small = MapReader(*dp.map_fds, TEST_MAP_SIZE, room=16)
+    agg = Aggregator({1: "lo"})
+    agg.update(small.snapshot())
+    hot = {f"198.18.9.{i}": 3 + i for i in range(1, 6)}
+    stop = threading.Event()
+
+    def churn() -> None:  # new keys while the reader reads; at most 400, so nothing is evicted
+        for i in range(400):
+            if stop.is_set():
+                return
+            bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", f"198.20.{i // 250}.{i % 250 + 1}"))
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(6):
+            for ip, n in hot.items():
+                bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", ip), repeat=n)
+            snap = small.snapshot()
+            iv = agg.update(snap)
+            got = {w.key.ip: w.requests for w in iv.windows if w.key.ip in hot}
+            assert got == hot
+            assert snap.health["map_read_cut_short"] == 0
+    finally:
+        stop.set()
+        t.join()
+    assert small.read_grown >= 1  # it did have to grow
+    assert small.snapshot().health["map_read_cut_short"] == 0
     harness.reset_maps()

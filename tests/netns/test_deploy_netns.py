@@ -10,6 +10,8 @@ import time
 import pytest
 
 from sensor import config
+from sensor.kernel.datapath import TC_PROTOS
+from tests.support import frames as F
 from tests.support.deployed import UNIT, daemonset_caps, dgram_server, parse_unit, setpriv_caps, unit_caps
 from tests.support.fixtures_netns import REPO, attached_programs, sensor_cmd, sensor_env
 
@@ -32,6 +34,41 @@ def test_sensor_runs_with_the_shipped_capabilities(veth_pair, tmp_path, source):
     assert ready.exists()  # attached
     assert '"arp_sensor.health"' in r.stdout
     assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
+
+
+def _with_caps(caps: list[str]) -> list[str]:
+    """uid 0 with exactly these capabilities: the bounding set is what systemd and the container runtime
+    restrict; nothing inheritable or ambient survives the exec either."""
+    return ["setpriv", "--bounding-set", setpriv_caps(caps), "--inh-caps", "-all", "--ambient-caps", "-all"]
+
+
+@pytest.mark.parametrize("source", ["unit", "daemonset"])
+def test_sigkill_recovery_with_the_shipped_capabilities(veth_pair, sensor, source):
+    """Issue 13: a sensor SIGKILLed under the shipped capability set (no CAP_SYS_ADMIN, so the kernel
+    will not hand out an fd for a program by id) must not block its successor: the successor with the
+    same set attaches and counts exactly, and `detach` with the same set leaves nothing attached."""
+    caps = {"unit": unit_caps, "daemonset": daemonset_caps}[source]()
+    assert not any("SYS_ADMIN" in c for c in caps)
+    ns, dev = veth_pair.b, veth_pair.b_if
+    crashed = sensor(ns, ["-i", dev], wrap=_with_caps(caps))
+    assert attached_programs(ns, dev)["xdp"]
+    crashed.kill()
+    nxt = sensor(ns, ["-i", dev, "--interval", "0.5", "--top", "0", "--duration", "2"], wrap=_with_caps(caps))
+    progs = attached_programs(ns, dev)
+    assert len(progs["xdp"]) == 1 and len(progs["egress"]) == len(TC_PROTOS)  # attached, nothing doubled
+    veth_pair.send_frames([F.arp_request("198.18.0.1", "198.18.0.77")] * 9)
+    assert nxt.finish() == 0, nxt.stderr
+    got = sum(e["arp"]["requests"] for e in nxt.events("arp_sensor.target")
+              if e["destination"]["ip"] == "198.18.0.77" and e["network"]["direction"] == "ingress")
+    assert got == 9
+    assert attached_programs(ns, dev) == {"xdp": [], "ingress": [], "egress": []}
+    # Crash again; this time the unit's ExecStopPost (`detach`) cleans up, with the same capabilities.
+    crashed = sensor(ns, ["-i", dev], wrap=_with_caps(caps))
+    crashed.kill()
+    r = subprocess.run(["ip", "netns", "exec", ns, *_with_caps(caps), *sensor_cmd("detach", "-i", dev)],
+                       capture_output=True, text=True, env=sensor_env(), cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert attached_programs(ns, dev) == {"xdp": [], "ingress": [], "egress": []}
 
 
 def test_ready_only_after_attach(veth_pair, tmp_path):
@@ -83,13 +120,14 @@ def test_exec_stop_post_detach_cleans_up_after_sigkill(veth_pair, sensor, tmp_pa
     p = sensor(veth_pair.b, ["-i", veth_pair.b_if])
     os.killpg(p.proc.pid, signal.SIGKILL)
     p.proc.wait()
-    assert attached_programs(veth_pair.b, veth_pair.b_if)["xdp"]  # a killed sensor leaves its programs
+    # A killed sensor leaves its tc filters (its XDP link went with it).
+    assert len(attached_programs(veth_pair.b, veth_pair.b_if)["egress"]) == len(TC_PROTOS)
     env = sensor_env()
     env[config.ENV_VAR] = str(cfg)
     r = subprocess.run(["ip", "netns", "exec", veth_pair.b, *sensor_cmd(*stop_post[1:])], capture_output=True,
                        text=True, env=env, cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "removed arp-sensor XDP program" in r.stdout
+    assert "removed arp-sensor tc filter" in r.stdout
     assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
 
 

@@ -82,10 +82,11 @@ def test_duration_and_sigterm_detach_everything(veth_pair, sensor):
     assert_nothing_attached(veth_pair.b, veth_pair.b_if)
 
 
-def _attach_foreign_xdp(ns: str, ifname: str) -> int:
+def _attach_foreign_xdp(ns: str, ifname: str, name: str = "foreign_xdp") -> int:
+    """A program attached through netlink by a process that then exits (it stays attached)."""
     code = ("from sensor.kernel.loader import bpf_class; BPF = bpf_class()\n"
-            "b=BPF(text=b'int foreign_xdp(struct xdp_md *c){return XDP_PASS;}')\n"
-            f"BPF.attach_xdp(b'{ifname}', b.load_func(b'foreign_xdp', BPF.XDP), 2)\n")
+            f"b=BPF(text=b'int {name}(struct xdp_md *c){{return XDP_PASS;}}')\n"
+            f"BPF.attach_xdp(b'{ifname}', b.load_func(b'{name}', BPF.XDP), 2)\n")
     ns_exec(ns, "/usr/bin/python3", "-c", code)
     [prog_id] = attached_programs(ns, ifname)["xdp"]
     return prog_id
@@ -140,18 +141,36 @@ def test_after_kill_9_the_next_run_cleans_up_and_detach_works(veth_pair, sensor)
     crashed = sensor(ns, ["-i", dev])
     crashed.kill()  # SIGKILL: no chance to detach
     left = attached_programs(ns, dev)
-    assert left["xdp"] and len(left["egress"]) == 4
+    # The XDP link died with its process; the netlink tc filters stay.
+    assert left["xdp"] == [] and len(left["egress"]) == 4
     s = sensor(ns, ["-i", dev, "--duration", "1"])
     progs = attached_programs(ns, dev)
     assert len(progs["xdp"]) == 1 and len(progs["egress"]) == 4  # replaced, not doubled
     assert s.finish() == 0
-    assert "removed a stale arp-sensor XDP program" in s.stderr
+    assert "removed a stale arp-sensor tc filter" in s.stderr
     assert_nothing_attached(ns, dev)
     # `arp-sensor detach` after another crash.
     crashed = sensor(ns, ["-i", dev])
     crashed.kill()
     r = ns_exec(ns, *sensor_cmd("detach", "-i", dev), env=sensor_env())
-    assert "removed arp-sensor XDP program" in r.stdout
+    assert "removed arp-sensor tc filter" in r.stdout
+    assert_nothing_attached(ns, dev)
+
+
+def test_a_netlink_attached_arp_sensor_xdp_program_is_recognised_as_stale(veth_pair, sensor):
+    """What a version before XDP links (or a kernel < 5.9) leaves after a crash: our program name,
+    attached through netlink. As root (CAP_SYS_ADMIN reads the name) the next run replaces it, and
+    `detach` removes it."""
+    ns, dev = veth_pair.b, veth_pair.b_if
+    stale = _attach_foreign_xdp(ns, dev, name="arpsensor_xdp")
+    s = sensor(ns, ["-i", dev, "--duration", "1"])
+    assert attached_programs(ns, dev)["xdp"] not in ([], [stale])
+    assert s.finish() == 0
+    assert f"removed a stale arp-sensor XDP program (id {stale})" in s.stderr
+    assert_nothing_attached(ns, dev)
+    stale = _attach_foreign_xdp(ns, dev, name="arpsensor_xdp")
+    r = ns_exec(ns, *sensor_cmd("detach", "-i", dev), env=sensor_env())
+    assert f"removed arp-sensor XDP program (id {stale})" in r.stdout
     assert_nothing_attached(ns, dev)
 
 

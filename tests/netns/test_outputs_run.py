@@ -141,3 +141,49 @@ def test_metrics_port_taken_is_one_line_error(veth_pair):
     finally:
         blocker.kill()
         blocker.wait()
+
+
+def test_stalled_stdout_never_stops_the_loop_nor_sigterm(veth_pair, tmp_path):
+    """Issue 13 item 8: stdout is a pipe nobody reads (a stalled container log pipe, shrunk to one page so
+    it fills at once). The loop goes on: a file output keeps getting every interval, ARP is counted
+    exactly, the stall shows as `queued` on stdout's health entry, and SIGTERM still ends the sensor.
+    Stdout used to be written synchronously: the loop blocked in write() and SIGTERM hung."""
+    import fcntl
+
+    log, ready, err = tmp_path / "events.json", tmp_path / "ready", tmp_path / "stderr"
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", veth_pair.b, *sensor_cmd("run", "-i", veth_pair.b_if, "--interval", "0.1",
+                                                               "--top", "0", "-o", "-", "-o", f"file:{log}",
+                                                               "--ready-file", str(ready))],
+            stdout=subprocess.PIPE, stderr=errf, env=sensor_env(), start_new_session=True)
+    try:
+        fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page
+        wait_for(ready.exists, 60, "sensor ready")
+
+        def health() -> list[dict]:
+            return [e for e in parse_events(log.read_bytes()) if e["event"]["dataset"] == "arp_sensor.health"
+                    and e["event"]["kind"] == "metric"]
+
+        def stdout_queued() -> int:
+            h = health()
+            return next(o["queued"] for o in h[-1]["arp_sensor"]["health"]["outputs"] if o["name"] == "-") if h else 0
+
+        # Far more than a page of events: stdout is stalled, the file still gets every interval.
+        wait_for(lambda: len(health()) >= 40 and stdout_queued() > 0, 60, "intervals while stdout is stalled")
+        veth_pair.send_frames([F.arp_request("198.18.0.1", "198.18.0.66")] * 6)
+        wait_for(lambda: requests_by_ip(parse_events(log.read_bytes())).get("198.18.0.66") == 6, 30,
+                 "requests counted while stdout is stalled")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("SIGTERM hung behind the stalled stdout") from None
+        assert rc == 0, err.read_text()
+        assert "Traceback" not in err.read_text()
+        assert requests_by_ip(parse_events(log.read_bytes())).get("198.18.0.66") == 6
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()

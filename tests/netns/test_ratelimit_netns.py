@@ -148,3 +148,36 @@ def test_sigkill_limits_lapse_within_the_ttl(veth_pair, sensor):
     # And on the wire, through the very same attached program: nothing is dropped any more.
     assert on_wire(veth_pair, requests(LIMITED, 10)).get(LIMITED, 0) == 10
     assert egress_prog_id(veth_pair.b, veth_pair.b_if) == prog_id
+
+
+def test_own_addresses_are_never_unanswered_nor_limited_with_attach_xdp(veth_pair, sensor):
+    """Issue 13 item 5: with --attach xdp the sensor never sees this host's replies (they leave through
+    egress), so requests for its own address look unanswered. Its own addresses are exempt: no
+    unanswered-target verdict, no limit, while a ghost address asked for in the same frames gets both
+    (the control that shows the test would see it)."""
+    own, ghost = "198.18.0.2", "198.18.0.97"  # own: veth-b's address in the sensor's namespace
+    s = sensor(veth_pair.b, ["-i", veth_pair.b_if, "--attach", "xdp", "--interval", "0.5", "--verdict-window", "1",
+                             "--rate-limit", "enforce", "--limit-unanswered", "--limit-ingress"])
+    frames = [F.arp_request("198.18.0.1", ip) for ip in (own, ghost) for _ in range(4)]
+
+    def limited(ip: str) -> bool:
+        return any(e["event"]["dataset"] == "arp_sensor.ratelimit" and e["destination"]["ip"] == ip
+                   and e["event"]["action"] == "ratelimit-applied" for e in s.events_so_far())
+
+    deadline = time.monotonic() + 40
+    while not limited(ghost):
+        assert time.monotonic() < deadline and s.proc.poll() is None, "the ghost was never limited"
+        veth_pair.send_frames(frames)
+        time.sleep(0.25)
+    for _ in range(12):  # three more windows of the same evidence for our own address
+        veth_pair.send_frames(frames)
+        time.sleep(0.25)
+    assert s.finish() == 0, s.stderr
+    evs = s.events()
+    about = {ip: [e["event"].get("action") for e in evs if e.get("destination", {}).get("ip") == ip
+                  and e["event"]["dataset"] in ("arp_sensor.peer", "arp_sensor.ratelimit")] for ip in (own, ghost)}
+    assert "unanswered-target-detected" in about[ghost] and "ratelimit-applied" in about[ghost]
+    assert about[own] == []
+    asked = sum(e["arp"]["requests"] for e in evs if e["event"]["dataset"] == "arp_sensor.target"
+                and e["destination"]["ip"] == own)
+    assert asked >= 16  # counted like any target: only the verdict and the limit are exempt

@@ -96,12 +96,13 @@ def veth_pair() -> Iterator[VethPair]:
 class SensorProcess:
     """`arp-sensor run` inside a namespace, started with a ready file; always stopped by the fixture."""
 
-    def __init__(self, ns: str, args: list[str], tmp: Path) -> None:
+    def __init__(self, ns: str, args: list[str], tmp: Path, wrap: list[str] | None = None) -> None:
         self.ready = tmp / f"{unique('ready')}"
         self.ns = ns
         self.args = args
+        # wrap: a command the sensor runs under, e.g. setpriv with a reduced capability set.
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *sensor_cmd("run", *args, "--ready-file", str(self.ready))],
+            ["ip", "netns", "exec", ns, *(wrap or []), *sensor_cmd("run", *args, "--ready-file", str(self.ready))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sensor_env(), cwd=REPO,
             start_new_session=True)
         self.stdout = ""
@@ -124,6 +125,12 @@ class SensorProcess:
         for t in self._readers:
             t.join(timeout=10)
         self.stdout, self.stderr = "".join(self._out), "".join(self._err)
+
+    def events_so_far(self) -> list[dict]:
+        """The events the sensor has written up to now, while it runs (schema-validated)."""
+        from tests.support.fixtures_schema import parse_events
+
+        return parse_events("".join(list(self._out)))
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -162,11 +169,11 @@ class SensorProcess:
 
 @pytest.fixture
 def sensor(tmp_path: Path) -> Iterator:
-    """Factory: sensor(ns, args) -> SensorProcess, ready; every process is killed at teardown."""
+    """Factory: sensor(ns, args, wrap=None) -> SensorProcess, ready; every process is killed at teardown."""
     procs: list[SensorProcess] = []
 
-    def start(ns: str, args: list[str], wait: bool = True) -> SensorProcess:
-        p = SensorProcess(ns, args, tmp_path)
+    def start(ns: str, args: list[str], wait: bool = True, wrap: list[str] | None = None) -> SensorProcess:
+        p = SensorProcess(ns, args, tmp_path, wrap)
         procs.append(p)
         if wait:
             p.wait_ready()

@@ -168,12 +168,14 @@ class ForwardReceiver(_Server):
     `{"ack": chunk}` unless `ack` is False (a receiver that crashes before acking).
     """
 
-    def __init__(self, port: int = 0, ack: bool = True, ack_limit: int | None = None) -> None:
+    def __init__(self, port: int = 0, ack: bool = True, ack_limit: int | None = None,
+                 garbage: list[bytes] | None = None) -> None:
         self.events: list[tuple[str, float, dict[str, Any], str | None]] = []
         self.messages: list[tuple[str, int, str | None]] = []  # (mode, events, chunk)
         self.acked: list[str] = []
         self.ack = ack
         self.ack_limit = ack_limit  # ack this many chunks, then go silent (a receiver about to crash)
+        self.garbage = list(garbage or [])  # raw replies sent instead of the first acks (a broken receiver)
         self.lock = threading.Lock()
         super().__init__(port)
 
@@ -232,7 +234,11 @@ class ForwardReceiver(_Server):
             up.feed(data)
             for msg in up:
                 reply = self.handle(msg)
-                if reply is not None:
+                if reply is not None and self.garbage:
+                    with self.lock:
+                        self.acked.remove(reply["ack"])
+                    c.sendall(self.garbage.pop(0))
+                elif reply is not None:
                     c.sendall(msgpack.packb(reply))
 
     def records(self) -> list[dict[str, Any]]:

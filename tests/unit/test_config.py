@@ -119,7 +119,7 @@ def test_every_flag_of_every_command_is_a_config_key():
         if not path:
             continue
         long = next(o for o in opt.opts + opt.secondary_opts if o.startswith("--"))[2:]
-        table: dict = {long: ["x"] if opt.multiple else "x"}
+        table: dict = {long: True if opt.is_flag and opt.is_bool_flag else ["x"] if opt.multiple else "x"}
         for name in reversed(path):
             table = {name: table}
         dm, _ = config.build_default_map(cli, table, "t.toml")
@@ -142,3 +142,46 @@ def test_documented_examples_are_valid(tmp_path):
         dm = config.load(write(tmp_path, text), cli)
         assert dm["run"]["interfaces"] == ["eth0", "bond0"] and dm["top"]["interfaces"] == ["eth0", "bond0"]
         assert dm["run"]["rate_limit"] == "dry-run" and dm["top"]["sort"] == "senders"
+
+
+def _bool_pairs(group, path=()):
+    """(command path, option) for every --x/--no-x option of every command."""
+    import click
+
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _bool_pairs(cmd, (*path, name))
+            continue
+        for p in cmd.params:
+            if isinstance(p, click.Option) and p.secondary_opts:
+                yield (*path, name), p
+
+
+def test_lab_up_no_wait_true_means_wait_false(tmp_path):
+    """Issue 13 item 10: the negative key of a pair used to set the option itself (`no-wait = true` gave
+    wait = True)."""
+    f = tmp_path / "c.toml"
+    f.write_text("[lab.up]\nno-wait = true\n")
+    assert config.load(str(f), cli)["lab"]["up"]["wait"] is False
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_every_flag_pair_from_toml_both_ways(tmp_path, value):
+    pairs = list(_bool_pairs(cli))
+    assert any(path == ("lab", "up") and p.name == "wait" for path, p in pairs)  # the list is not empty
+    for path, p in pairs:
+        table = "[" + ".".join(path) + "]\n"
+        for key, want in ((p.opts[-1][2:], value), (p.secondary_opts[-1][2:], not value)):
+            f = tmp_path / "c.toml"
+            f.write_text(f"{table}{key} = {'true' if value else 'false'}\n")
+            dm = config.load(str(f), cli)
+            for name in path:
+                dm = dm[name]
+            assert dm[p.name] is want, (path, key, value)
+
+
+def test_a_flag_given_a_non_boolean_is_a_clear_error(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[lab.up]\nno-wait = "yes"\n')
+    with pytest.raises(ValueError, match="'no-wait' must be true or false"):
+        config.load(str(f), cli)

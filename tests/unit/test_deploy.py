@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,8 +106,9 @@ def test_daemonset_has_what_the_sensor_needs():
         assert {"cpu", "memory"} <= set(c["resources"][kind])
     vols = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    for path in ("/lib/modules", "/usr/src", "/sys/fs/bpf", "/var/run/calico", "/run/arp-sensor"):
+    for path in ("/lib/modules", "/usr/src", "/var/run/calico", "/run/arp-sensor"):
         assert vols[mounts[path]["name"]]["hostPath"]["path"] == path, path
+    assert "/sys/fs/bpf" not in mounts  # nothing is pinned (XDP links): no write access to bpffs
     assert mounts["/lib/modules"].get("readOnly") and mounts["/usr/src"].get("readOnly")
     cfg_mount = mounts["/etc/arp-sensor"]
     assert env[config.ENV_VAR]["value"].startswith(cfg_mount["mountPath"] + "/")
@@ -143,3 +145,29 @@ def test_kubectl_kustomize_builds():
     assert sorted(kinds) == ["ConfigMap", "DaemonSet", "Namespace"]
 
 
+
+
+def test_unit_writable_paths_match_what_the_sensor_writes():
+    """Issue 13 item 9, under ProtectSystem=strict: the documented file output is in LogsDirectory, the
+    per-interface locks are in RuntimeDirectory, which survives stops (the DaemonSet shares it: unlinking
+    a live pod's lock file would let a host sensor take the interface too), and bpffs is not writable
+    (nothing is pinned). The unit itself runs under real systemd in the VM tests (issue 14)."""
+    from pathlib import Path
+
+    from sensor.kernel.datapath import LOCK_DIR
+
+    svc = parse_unit(UNIT.read_text())["Service"]
+    assert svc["ProtectSystem"] == ["strict"]
+    assert svc["LogsDirectory"] == ["arp-sensor"]
+    run_dir = Path(LOCK_DIR).parent
+    assert run_dir.parent == Path("/run") and svc["RuntimeDirectory"] == [run_dir.name]
+    assert svc["RuntimeDirectoryPreserve"] == ["yes"]
+    assert not any("/sys/fs/bpf" in v for v in svc.get("ReadWritePaths", []))
+    # Every `-o file:` the docs show for the unit is under its LogsDirectory.
+    docs = (REPO / "docs/operations.md").read_text() + (REPO / "docs/outputs.md").read_text()
+    files = set(re.findall(r"file:(/var/log/[^\s`\"]+)", docs))
+    assert files and all(f.startswith("/var/log/arp-sensor/") for f in files), files
+    ds = next(d for d in manifests() if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    host_run = [v["hostPath"]["path"] for v in ds["volumes"] if "hostPath" in v]
+    mounted = [m["mountPath"] for m in ds["containers"][0]["volumeMounts"]]
+    assert str(run_dir) in host_run and str(run_dir) in mounted  # the same directory, host and pod

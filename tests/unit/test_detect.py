@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sensor.model import TargetWindow, WindowKey
@@ -300,3 +302,29 @@ def test_ipv6_proof_of_life_clears_the_zombie(proof):
     assert acts(evs) == ["zombie-peer-cleared"]
     assert evs[0][1]["event"]["reason"] == "host answers neighbour discovery again"
     assert eng.verdict(DEAD6) == HEALTHY
+
+
+def test_first_hand_check_before_a_zombie_not_backed_by_our_own_requests():
+    """Issue 13 item 11: on the passive side of a pair this host never asks for the peer, so the others'
+    requests are all it sees (their answers are unicast to them). Before such a zombie verdict the engine
+    has the host's kernel ask (confirm), once per window per IP; never when our own requests are in the
+    evidence. A live host's answer then reaches us and the zombie is not entered; a check that goes
+    unanswered lets it through."""
+    live, dead, me = "198.18.0.6", "198.18.0.3", "198.18.0.4"
+    asked: list[tuple[float, str]] = []
+    eng = VerdictEngine(window_s=3, min_requests=3, own={me}.__contains__,
+                        confirm=lambda ip: asked.append((now, ip)))
+    book = Book(mesh_peer("Passive", live), mesh_peer("Active", dead))
+    events = []
+    for i in range(12):
+        now = 100.0 + i
+        wins = [win(live, requests=4, senders=[("198.18.0.17", 2), ("198.18.0.18", 2)]),
+                win(dead, requests=4, senders=[(me, 4)])]  # we ask for the dead one ourselves
+        if i in (1, 6):  # the live host answers each check an interval later
+            wins.append(win(live, replies=1))
+        events += [validate_event(e) for e in eng.update(wins, book, now)]
+    assert {ip for _, ip in asked} == {live} and len(asked) >= 2  # never `dead`: our own requests back it
+    assert all(b[0] - a[0] >= 3 for a, b in itertools.pairwise(asked))  # at most once per window
+    detected = {(e["destination"]["ip"], e["event"]["action"]) for e in events}
+    assert (dead, "zombie-peer-detected") in detected
+    assert (live, "zombie-peer-detected") not in detected

@@ -112,7 +112,7 @@ def test_stdout_lines_validate(capsys):
     with build_outputs(["-"]) as d:
         for ev in events:
             d.emit(ev)
-        st = d.stats()["-"]
+    st = d.stats()["-"]  # after close: stdout is written by its own thread, close() drains it
     got = parse_events(capsys.readouterr().out)
     assert got == events
     assert st == {"type": "stdout", "queued": 0, "sent": 60, "dropped": 0, "errors": 0, "connected": True}
@@ -143,11 +143,10 @@ from sensor.cli import cli
 
 @cli.command("emit-test")
 def emit_test():
-    d = build_outputs(["-"])
-    d.emit(base_event("arp_sensor.health", "metric", 1.8e9, "h") | {"arp_sensor": {"schema_version": "1",
-           "health": {"frames": 1}}})
-    d.emit(base_event("arp_sensor.peer", "alert", 1.8e9, "h"))  # invalid: no action, peer, message
-    d.close(1)
+    with build_outputs(["-"]) as d:  # closed (stdout's queue drained) on the error path too, as run does
+        d.emit(base_event("arp_sensor.health", "metric", 1.8e9, "h") | {"arp_sensor": {"schema_version": "1",
+               "health": {"frames": 1}}})
+        d.emit(base_event("arp_sensor.peer", "alert", 1.8e9, "h"))  # invalid: no action, peer, message
 
 sys.argv = ["arp-sensor", "emit-test"]
 main()

@@ -286,6 +286,41 @@ def test_forward_receiver_killed_mid_stream_no_acked_event_lost():
     assert st["resent_chunks"] >= 1 and st["errors"] >= 1 and st["dropped"] == 0
 
 
+GARBAGE_ACKS = {
+    "invalid-byte": b"\xc1",  # never valid in msgpack
+    "truncated-then-invalid": b"\x82\xa3ack\xc1",
+    "ack-not-a-string": msgpack.packb({"ack": 5}),
+    "ack-null": msgpack.packb({"ack": None}),
+    "not-a-map": msgpack.packb(["ack", "x"]),
+    "integer-map-key": msgpack.packb({1: "x"}),  # msgpack refuses non-string map keys (strict_map_key)
+    "nested-too-deep": b"\x91" * 2000,
+}
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE_ACKS))
+def test_forward_garbage_ack_counts_an_error_reconnects_and_resends(garbage):
+    """Issue 13 item 4: an acknowledgement that does not decode, or decodes to the wrong types, counts an
+    error, closes the connection, and the same chunk is resent on a new one (at-least-once holds). It
+    used to kill the sender thread (stats still `connected: true, errors: 0`), or be ignored until the
+    ack timeout."""
+    r = ForwardReceiver(garbage=[GARBAGE_ACKS[garbage]])
+    spec = f"forward://127.0.0.1:{r.port}?chunk=1&batch=50&ack_timeout=30"
+    events = sample_events(120)
+    d = build_outputs([spec])
+    try:
+        for ev in events:
+            d.emit(ev)
+        wait_for(lambda: d.stats()[spec]["sent"] == 120, 10, "every event acked after the garbage ack")
+        st = d.stats()[spec]
+    finally:
+        d.close(2)
+        r.stop()
+    assert st["errors"] == 1 and st["resent_chunks"] == 1 and st["dropped"] == 0 and st["connected"]
+    first_chunk = r.messages[0][2]
+    assert [c for _, _, c in r.messages].count(first_chunk) == 2  # resent with the same id
+    assert set(ids(r.records())) == set(ids(events))  # everything arrived; the resent chunk twice
+
+
 @pytest.mark.parametrize("kind", ["tcp", "forward"])
 def test_receiver_that_never_reads_does_not_block_emit(kind):
     r = SilentReceiver()

@@ -31,7 +31,7 @@ def test_install_annotate_and_interval_hook(tmp_path):
     srv = FakeBird(sock)
     try:
         st = PeerStage(PeerBook([sock]), VerdictEngine(window_s=2))
-        runner = SimpleNamespace(interval_hooks=[], target_annotators=[], emitted=[])
+        runner = SimpleNamespace(interval_hooks=[], target_annotators=[], health_sources=[], emitted=[])
         runner.emit = runner.emitted.append
         st.install(runner)
         assert runner.emitted == [] and runner.target_annotators == [st.annotate]

@@ -279,3 +279,21 @@ def test_ipv6_limit_targets_expand_like_ipv4_ones():
         expand_targets(["2001:db8::/119"])
     with pytest.raises(SensorError, match="not an IP address or CIDR"):
         expand_targets(["2001:db8::zz"])
+
+
+def test_own_addresses_are_never_limited_and_a_failed_read_keeps_the_last_set():
+    from sensor.peers.own import OwnAddresses
+
+    reads = [frozenset({DEAD}), OSError("netlink")]
+
+    def read() -> frozenset[str]:
+        r = reads.pop(0)
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    own = OwnAddresses(ttl=0, read=read)
+    pol = RateLimitPolicy(cfg(targets=(DEAD,)), own=own)
+    d = pol.update({DEAD: ZOMBIE}, Book(bgp(DEAD, "Active")), never_alive, T0)
+    assert d.limit == {} and "own addresses" in d.events[0]["message"]
+    assert own(DEAD)  # the second read failed: the last good set holds
