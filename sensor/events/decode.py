@@ -7,8 +7,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sensor.events.encode import counts_of
+from sensor.events.encode import ND_NAMES
 from sensor.model import Interval, TargetWindow, WindowKey
+
+
+def counts_of(ev: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of encode.counts_section, for readers of events (top --events, the demo, metrics):
+    the counts of either family under the ARP names ({} when the event has none)."""
+    if "nd" not in ev:
+        return ev.get("arp", {})
+    back = {v: k for k, v in ND_NAMES.items()}
+    counts = {back.get(k, k): v for k, v in ev["nd"].items()}
+    if "top_senders" in counts:
+        counts["top_senders"] = [{"ip": t["ip"], "requests": t["solicitations"]} for t in counts["top_senders"]]
+    return counts
 
 
 class EventFeed:

@@ -37,7 +37,8 @@ def wire_words(ip: str) -> tuple[str, str, str]:
 
 def counts_section(ev: Event, ip: str, counts: dict[str, Any]) -> None:
     """Puts `counts` (ARP names) under ev["arp"] or, for an IPv6 address, ev["nd"] renamed; sets
-    network.type. The one place the two families' event shapes differ."""
+    network.type. The one place the two families' event shapes differ (sensor.events.decode.counts_of reads
+    them back)."""
     section, net_type = family(ip)
     ev.setdefault("network", {})["type"] = net_type
     if section == "nd":
@@ -45,18 +46,6 @@ def counts_section(ev: Event, ip: str, counts: dict[str, Any]) -> None:
         if "top_senders" in counts:
             counts["top_senders"] = [{"ip": t["ip"], "solicitations": t["requests"]} for t in counts["top_senders"]]
     ev[section] = counts
-
-
-def counts_of(ev: Event) -> dict[str, Any]:
-    """The inverse of counts_section, for readers of events (top --events, the demo): the counts of
-    either family under the ARP names ({} when the event has none)."""
-    if "nd" not in ev:
-        return ev.get("arp", {})
-    back = {v: k for k, v in ND_NAMES.items()}
-    counts = {back.get(k, k): v for k, v in ev["nd"].items()}
-    if "top_senders" in counts:
-        counts["top_senders"] = [{"ip": t["ip"], "requests": t["solicitations"]} for t in counts["top_senders"]]
-    return counts
 
 
 def timestamp(now: float) -> str:

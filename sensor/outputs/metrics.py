@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sensor.errors import EXIT_USAGE, SensorError
-from sensor.events.encode import counts_of
+from sensor.events.decode import counts_of
 
 # health key -> (metric, help, label name, label value); summed (per-interval deltas)
 _DELTAS: list[tuple[str, str, str, str | None, str | None]] = [

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from sensor.errors import EXIT_ENV, SensorError
-from sensor.events.encode import counts_of
+from sensor.events.decode import counts_of
 from sensor.lab import birdconf
 from sensor.lab.lab import Lab, require_tools
 
@@ -74,10 +74,11 @@ class Demo:
             short["destination.ip"] = ev["destination"]["ip"]
         if "network" in ev:
             short["network.direction"] = ev["network"].get("direction")
-        arp = ev.get("arp", {})
-        for k in ("requests", "requests_per_sec", "replies", "senders"):
-            if k in arp:
-                short[f"arp.{k}"] = arp[k]
+        section = "nd" if "nd" in ev else "arp"
+        for k, v in ev.get(section, {}).items():
+            if k in ("requests", "requests_per_sec", "replies", "senders", "solicitations",
+                     "solicitations_per_sec", "advertisements"):
+                short[f"{section}.{k}"] = v
         peer = ev.get("bgp", {}).get("peer")
         if peer:
             short["bgp.peer"] = {k: peer[k] for k in ("name", "state", "last_error") if peer.get(k)}

@@ -9,9 +9,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from sensor.events.decode import counts_of
 from sensor.events.encode import (
     base_event,
-    counts_of,
     health_event,
     peer_event,
     ratelimit_event,
