@@ -253,14 +253,17 @@ class Datapath:
         Policy: re-attach when the hook is free; never replace someone else's program. Costs one bpf(2)
         call per XDP link and one netlink dump per tc hook. Interfaces that are gone are skipped (the
         runner reports those)."""
+        from pyroute2 import IPRoute
+
         out: list[HookState] = []
-        for att in self.attachments:
-            if not _interface_exists(att.ifindex):
-                continue
-            if att.want_xdp is not None:
-                out.append(self._check_xdp(att))
-            for parent, fn in att.want_tc.items():
-                out.append(self._check_tc(att, parent, fn))
+        with IPRoute() as ipr:  # one netlink socket for every tc dump of this check
+            for att in self.attachments:
+                if not _interface_exists(att.ifindex):
+                    continue
+                if att.want_xdp is not None:
+                    out.append(self._check_xdp(att))
+                for parent, fn in att.want_tc.items():
+                    out.append(self._check_tc(att, parent, fn, ipr))
         return out
 
     def _check_xdp(self, att: Attachment) -> HookState:
@@ -286,14 +289,11 @@ class Datapath:
             return HookState(att.ifname, "xdp", False, xdp_query(att.ifindex)[0], "failed", str(e))
         return HookState(att.ifname, "xdp", True, ours, "reattached")
 
-    def _check_tc(self, att: Attachment, parent: int, fn) -> HookState:
-        from pyroute2 import IPRoute
-
+    def _check_tc(self, att: Attachment, parent: int, fn, ipr) -> HookState:
         hook = "tc-ingress" if parent == TC_PARENT_INGRESS else "tc-egress"
         name = fn.name.decode()
         prios = {p for _, p in TC_PROTOS}
-        with IPRoute() as ipr:
-            filters = [f for f in tc_filters(ipr, att.ifindex, parent) if f["prio"] in prios]
+        filters = [f for f in tc_filters(ipr, att.ifindex, parent) if f["prio"] in prios]
         if sorted(f["prio"] for f in filters if f["name"] == name) == sorted(prios):
             return HookState(att.ifname, hook, True, _prog_id(fn.fd))
         foreign = [f for f in filters if not f["name"].startswith("arpsensor_")]
