@@ -482,7 +482,7 @@ int probe_tc(struct __sk_buff *skb) { return 0; }
 def probe_features(ifname: str) -> dict[str, tuple[bool, str]]:
     """Loads a tiny program with bcc and attaches it to `ifname` with XDP and tc clsact, then removes it;
     exercises batch map reads. Run it only inside a throwaway network namespace (doctor does).
-    Returns {feature: (ok, detail)} for load, xdp, clsact, batch."""
+    Returns {feature: (ok, detail)} for load, xdp, xdp-link, clsact, batch."""
     out: dict[str, tuple[bool, str]] = {}
     from sensor.kernel import bpfsys
 
@@ -517,6 +517,18 @@ def probe_features(ifname: str) -> dict[str, tuple[bool, str]]:
         out["xdp"] = (bool(attached), f"attached and removed in {mode} mode (veth)" if attached
                       else f"{mode} attach reported success but no program was attached")
         break
+    # How the sensor attaches XDP: a BPF link, which a crashed sensor does not leave behind.
+    try:
+        from sensor.kernel.bpfsys import link_create_xdp
+
+        lfd = link_create_xdp(fx.fd, ifindex, XDP_FLAGS_SKB_MODE)
+        attached = xdp_query(ifindex)[0]
+        os.close(lfd)
+        gone = not xdp_query(ifindex)[0]
+        out["xdp-link"] = (bool(attached) and gone, "BPF link attached, and detached when its fd closed"
+                           if attached and gone else "BPF link attach did not attach, or outlived its fd")
+    except Exception as e:
+        out["xdp-link"] = (False, f"BPF_LINK_CREATE for XDP: {str(e).strip() or type(e).__name__}")
     from pyroute2 import IPRoute
 
     try:

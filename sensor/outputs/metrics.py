@@ -71,6 +71,15 @@ _DELTAS: list[tuple[str, str, str, str | None, str | None]] = [
      None, None),
     ("nd_inserts", "arp_sensor_nd_map_inserts", "New entries in the kernel ND LRU map.", None, None),
     ("nd_insert_fail", "arp_sensor_nd_map_insert_failures", "Failed kernel ND map updates.", None, None),
+    # Issue 13: reads that had to grow to reach the end of the map / stopped short (should stay 0)
+    ("map_read_grown", "arp_sensor_map_reads", "Map reads that needed bigger buffers or stopped short.", "result",
+     "grown"),
+    ("map_read_cut_short", "arp_sensor_map_reads", "Map reads that needed bigger buffers or stopped short.",
+     "result", "cut_short"),
+    ("ratelimit_entries_refused", "arp_sensor_ratelimit_entries_refused",
+     "Rate-limit entries the full kernel limits map refused (summed over intervals).", None, None),
+    ("verdict_first_hand_checks", "arp_sensor_verdict_first_hand_checks",
+     "Times this host's kernel resolved a zombie candidate itself (passive side of a pair).", None, None),
 ]
 # health key -> gauge
 _GAUGES: list[tuple[str, str, str]] = [
@@ -79,6 +88,7 @@ _GAUGES: list[tuple[str, str, str]] = [
     ("targets_live", "arp_sensor_targets", "Distinct target IPs in the kernel map."),
     ("interfaces", "arp_sensor_interfaces", "Interfaces being watched."),
     ("hooks_attached", "arp_sensor_hooks_attached", "Hooks (XDP, tc) still holding this sensor's programs."),
+    ("ratelimit_targets", "arp_sensor_ratelimit_targets", "Targets the kernel holds a rate limit for now."),
 ]
 # health key -> counter that is already cumulative
 _TOTALS: list[tuple[str, str, str]] = [

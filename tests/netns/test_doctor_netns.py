@@ -17,6 +17,7 @@ def test_doctor_passes_on_this_host():
         assert c[name]["status"] == "ok", c[name]
     assert "native" in c["bpf-xdp"]["detail"] or "generic" in c["bpf-xdp"]["detail"]
     assert c["bpf-batch"]["detail"].endswith("5 of 5 entries")
+    assert "detached when its fd closed" in c["bpf-xdp-link"]["detail"]  # how crash recovery works here
     assert doctor_namespaces() == before  # the throwaway namespace is gone
     text = doctor()
     assert text.returncode == 0 and "all needed checks passed" in text.stdout
@@ -70,11 +71,11 @@ def test_doctor_bird_socket(tmp_path):
     assert c["bird:gone.ctl"]["status"] == "fail" and "no such socket" in c["bird:gone.ctl"]["detail"]
 
 
-NEEDED = ("kernel", "bpf-syscall", "privileges", "kernel-headers", "bcc", "bpf-load", "bpf-xdp", "bpf-clsact",
-          "bpf-batch")
+NEEDED = ("kernel", "bpf-syscall", "privileges", "kernel-headers", "bcc", "bpf-load", "bpf-xdp", "bpf-xdp-link",
+          "bpf-clsact", "bpf-batch")
 
 
-PROBES = ("bpf-load", "bpf-xdp", "bpf-clsact", "bpf-batch")
+PROBES = ("bpf-load", "bpf-xdp", "bpf-xdp-link", "bpf-clsact", "bpf-batch")
 
 
 def doctor(*args: str, env: dict | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

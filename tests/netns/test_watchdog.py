@@ -14,6 +14,7 @@ import signal
 import time
 from datetime import UTC, datetime
 
+from sensor.kernel.datapath import TC_PROTOS
 from tests.netns.test_faults import _stopped
 from tests.netns.test_netns import _attach_foreign_xdp
 from tests.support import frames as F
@@ -117,7 +118,7 @@ def test_clsact_deleted_under_a_running_sensor_is_reported_and_reattached(veth_p
     ws = _within_one_interval(s, "program-detached", t[0], n=2)  # ingress and egress
     assert all("re-attached" in w["message"] for w in ws)
     progs = attached_programs(ns, dev)
-    assert len(progs["ingress"]) == 3 and len(progs["egress"]) == 3
+    assert len(progs["ingress"]) == len(TC_PROTOS) and len(progs["egress"]) == len(TC_PROTOS)
     assert _count_after(veth_pair, s, 5) == 5
     # Both hooks were lost and came back: one warning each, nothing more.
     assert sorted(e["message"].split(" on ")[1] for e in _actions(s.events(), "program-detached")) == [
@@ -146,3 +147,31 @@ def test_a_hook_taken_by_someone_else_is_never_clobbered_and_reclaimed_when_free
     evs = s.events()
     assert len(_actions(evs, "program-detached")) == 1 and len(_actions(evs, "program-reattached")) == 1
     assert _actions(evs, "program-reattached")[0]["log"]["level"] == "info"
+
+
+def test_a_tc_priority_taken_by_someone_else_is_never_clobbered_and_reclaimed_when_free(veth_pair, sensor):
+    """The tc side of the policy: our egress filters are removed and a foreign filter takes one of our
+    priorities. The watchdog says so once and leaves it; the hook is listed as not attached; once the
+    foreign filter is gone, our filters come back (`program-reattached`) and counting goes on."""
+    from sensor.kernel.datapath import TC_PRIO_BASE
+
+    ns, dev = veth_pair.b, veth_pair.b_if
+    s = sensor(ns, ["-i", dev, "--attach", "tc", "--interval", "0.3", "--top", "0", "--min-requests", "1"])
+    _until(s, lambda e: _health_metrics(e), "first health event")
+    with _frozen(s) as t:
+        for f in attached_programs(ns, dev)["egress"]:
+            ns_exec(ns, "tc", "filter", "del", "dev", dev, "egress", "prio", str(f["pref"]))
+        ns_exec(ns, "tc", "filter", "add", "dev", dev, "egress", "prio", str(TC_PRIO_BASE), "protocol", "arp",
+                "u32", "match", "u32", "0", "0")
+    [w] = _within_one_interval(s, "program-detached", t[0])
+    assert "tc-egress" in w["message"] and f"priority {TC_PRIO_BASE}" in w["message"]
+    evs = _until(s, lambda e: len(_health_metrics(e)) >= 3, "health")
+    hooks = _health_metrics(evs)[-1]["arp_sensor"]["health"]["hooks"]
+    assert {"interface": dev, "hook": "tc-egress", "attached": False, "prog_id": 0} in hooks
+    assert any(h["hook"] == "tc-ingress" and h["attached"] for h in hooks)  # untouched, still ours
+    assert {f["kind"] for f in attached_programs(ns, dev)["egress"]} == {"u32"}  # never clobbered
+    ns_exec(ns, "tc", "filter", "del", "dev", dev, "egress", "prio", str(TC_PRIO_BASE))
+    _until(s, lambda e: _actions(e, "program-reattached"), "program-reattached")
+    assert len(attached_programs(ns, dev)["egress"]) == len(TC_PROTOS)
+    assert _count_after(veth_pair, s, 3) == 3  # ingress, through the untouched tc-ingress filters
+    assert len(_actions(s.events(), "program-detached")) == 1
