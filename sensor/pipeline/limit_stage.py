@@ -49,8 +49,8 @@ OPTIONS: list[Callable[[Any], Any]] = [
                  help="Seconds a limit outlives its last refresh, e.g. after the sensor is killed "
                       "[default: 3 intervals]."),
     click.option("--limit-target", "limit_targets", multiple=True, metavar="IP/CIDR",
-                 help="Limit these targets too (repeatable; CIDR at most /24). Established BGP peers "
-                      "and live hosts are never limited."),
+                 help="Limit these targets too (repeatable; CIDR at most /24, IPv6 /120). Established BGP "
+                      "peers and live hosts are never limited."),
     click.option("--limit-allow", "limit_allow", multiple=True, metavar="IP/CIDR",
                  help="Never limit these (repeatable)."),
     click.option("--limit-unanswered", is_flag=True, default=False,
