@@ -66,6 +66,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
       arp-sensor run -i eth0 --rate-limit enforce --limit-allow 198.18.0.1
       arp-sensor run -i eth0 -o file:/var/log/arp-sensor.json -o forward://127.0.0.1:24224?chunk=1
       arp-sensor run -i eth0 --metrics-port 9464
+      arp-sensor run -i eth0 --binding-state /var/lib/arp-sensor/bindings.json   # arpwatch's arp.dat
 
     Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 3 environment (privileges, kernel
     headers, bcc), 4 conflict (a foreign XDP program or tc filter, another arp-sensor).

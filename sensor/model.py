@@ -44,6 +44,18 @@ class TargetWindow:
         return self.requests / self.interval_s if self.interval_s > 0 else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class ActiveEntries:
+    """The map entries that counted frames in an interval: their keys as the aggregator's six u64 words
+    ((ifindex, vlan, dir, kind), ip x2, peer x2, (mac, flags, family)) and their deltas, numpy arrays.
+    What the bindings stage reads the ARP sender MACs from, without another map access."""
+
+    words: Any  # (n, 6) u64
+    count: Any  # (n,) u64
+    keyset: int = 0  # changes whenever the map's key set does: with an equal `index`, the same entries
+    index: Any = None  # the active entries' positions in that key set
+
+
 @dataclass
 class Interval:
     """What one map read yields, for every stage after it."""
@@ -55,6 +67,7 @@ class Interval:
     entries_live: int = 0
     entries_evicted: int = 0  # cumulative: inserts - live entries
     targets_live: int = 0  # distinct (interface, direction, VLAN, IP) in the map
+    active: ActiveEntries | None = None  # the entries behind the windows (None: built from events)
 
 
 @dataclass(slots=True)
@@ -114,7 +127,8 @@ class LimitFds(NamedTuple):
 @dataclass
 class StageContext:
     """What the stages of one run share (sensor.pipeline.stages builds them in order). A stage that
-    produces something for later ones publishes it here: PeerStage sets `verdicts` and `peers`."""
+    produces something for later ones publishes it here: PeerStage sets `verdicts` and `peers`, NeighStage
+    `unresolved`."""
 
     interval: float
     attach: str
@@ -123,3 +137,6 @@ class StageContext:
     verdicts: VerdictView | None = None
     peers: PeerLookup | None = None
     own: Callable[[str], bool] | None = None  # this host's own addresses (PeerStage publishes it)
+    # ip -> "failed" | "incomplete": this host's unresolved neighbour entries on the watched interfaces,
+    # updated in place every interval by NeighStage (zombie-peer evidence for the verdicts)
+    unresolved: dict[str, str] | None = None

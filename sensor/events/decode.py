@@ -10,6 +10,8 @@ from typing import Any
 from sensor.events.encode import ND_NAMES
 from sensor.model import Interval, TargetWindow, WindowKey
 
+MAX_MACS = 4096  # IPs whose MAC the binding events gave (bounded: IPs come from the wire)
+
 
 def counts_of(ev: dict[str, Any]) -> dict[str, Any]:
     """The inverse of encode.counts_section, for readers of events (top --events, the demo, metrics):
@@ -28,14 +30,15 @@ class EventFeed:
     what the events said about peers, verdicts and limits.
 
     `arp_sensor.target` events of one interval are collected until that interval's `arp_sensor.health`
-    metric (the sensor writes it last); peer alerts carry the verdicts, ratelimit events the limits.
-    Lines that are not events of ours are counted and skipped."""
+    metric (the sensor writes it last); peer alerts carry the verdicts, ratelimit events the limits,
+    binding events the MACs. Lines that are not events of ours are counted and skipped."""
 
     def __init__(self) -> None:
         self.pending: list[Any] = []
         self.peers: dict[str, tuple[str, str]] = {}
         self.verdicts: dict[str, str] = {}
         self.limits: dict[str, list] = {}  # ip -> [mode, dropped or would-drop so far]
+        self.macs: dict[str, tuple[str, str | None]] = {}  # ip -> (MAC, a rival MAC while in conflict)
         self.skipped = 0
         self.hosts: set[str] = set()
 
@@ -65,6 +68,14 @@ class EventFeed:
                     top_senders=[(s["ip"], int(s["requests"])) for s in arp.get("top_senders", [])]))
             elif ds == "arp_sensor.peer" and ip:
                 self.verdicts[ip] = ev.get("arp_sensor", {}).get("verdict", "")
+            elif ds == "arp_sensor.binding":
+                src, b = ev.get("source", {}), ev.get("arp_sensor", {}).get("binding", {})
+                if src.get("ip") and ev["event"].get("action") in ("new-station", "mac-changed", "flip-flop"):
+                    self.macs[src["ip"]] = (src["mac"], None)
+                elif src.get("ip") and ev["event"].get("action") == "ip-conflict":
+                    self.macs[src["ip"]] = (b.get("holder_mac", ""), src["mac"])
+                if len(self.macs) > MAX_MACS:  # bounded: IPs come from the wire
+                    del self.macs[next(iter(self.macs))]
             elif ds == "arp_sensor.ratelimit" and ip:
                 action = ev["event"].get("action")
                 mode = ev.get("arp_sensor", {}).get("ratelimit", {}).get("mode", "enforce")
@@ -83,6 +94,11 @@ class EventFeed:
         except (KeyError, TypeError, ValueError, AttributeError):
             self.skipped += 1
         return None
+
+    def mac(self, ip: str) -> tuple[list[str], str | None]:
+        """The MAC(s) the binding events gave for an IP, and a rival MAC while they report a conflict."""
+        held, rival = self.macs.get(ip, ("", None))
+        return ([held] if held else []), rival
 
     def info(self, ip: str) -> tuple[str, str, str, tuple[str, int] | None]:
         """(BGP peer name, BGP state, verdict, (limit mode, dropped or would-drop) or None) for an IP."""

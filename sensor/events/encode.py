@@ -100,7 +100,8 @@ def warning_event(action: str, message: str, now: float, hostname: str | None = 
                   path: str | None = None, level: str = "warning") -> Event:
     """`arp_sensor.health` with `event.kind: event`: something an operator should know about the sensor
     itself (a peer source down, an interface gone). One per transition, not one per interval.
-    `path` (the BIRD socket or input file concerned) goes to ECS `file.path`."""
+    `path` (the BIRD socket or input file concerned) goes to ECS `file.path`; `level` is ECS `log.level`
+    (info for a condition that cleared, error for one that loses data)."""
     ev = base_event("arp_sensor.health", "event", now, hostname)
     ev["event"]["action"] = action
     ev["log"] = {"level": level}
@@ -163,4 +164,23 @@ def ratelimit_event(action: str, ip: str, now: float, *, mode: str, source: str,
         ev["bgp"] = {"peer": peer}
     if message:
         ev["message"] = message
+    return ev
+
+
+def binding_event(action: str, ip: str | None, mac: str, message: str, now: float, *, interface: str,
+                  vlan: int = 0, alert: bool = False, fields: dict[str, Any] | None = None,
+                  hostname: str | None = None) -> Event:
+    """`arp_sensor.binding`: an IP -> MAC binding changed or conflicts (new-station, mac-changed, flip-flop,
+    ip-conflict, mac-many-ips, mac-mismatch). `ip`/`mac` are ECS `source.ip`/`source.mac` (the MAC in ECS
+    form, upper-case and hyphen-separated); `fields` go to `arp_sensor.binding` (previous_mac, holder_mac,
+    seen_in, ip_count, ...). `alert` for conflicts, `event` otherwise."""
+    ev = base_event("arp_sensor.binding", "alert" if alert else "event", now, hostname)
+    ev["event"]["action"] = action
+    ev["observer"]["ingress"] = {"interface": {"name": interface}}
+    ev["source"] = {"mac": mac} if ip is None else {"ip": ip, "mac": mac}
+    if vlan:
+        ev["network"] = {"vlan": {"id": str(vlan)}}
+    if fields:
+        ev["arp_sensor"]["binding"] = dict(fields)
+    ev["message"] = message
     return ev

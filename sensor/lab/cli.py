@@ -10,7 +10,7 @@ import click
 
 from sensor.errors import SensorError
 from sensor.lab import birdconf
-from sensor.lab.lab import DEFAULT_PREFIX6, KILLED, Lab
+from sensor.lab.lab import DEFAULT_PREFIX6, KILLED, Lab, parse_mac, random_mac
 
 name_option = click.option(
     "--name", "-n", default="lab", show_default=True, help="Lab name (1-8 chars: a-z then a-z0-9)."
@@ -32,6 +32,7 @@ def lab() -> None:
       arp-sensor lab kill n3 n4          # power off: link drops, then everything in the node dies
       arp-sensor lab exec n1 -- arp-sensor run -i eth0
       arp-sensor lab revive n3 n4
+      arp-sensor lab kill n5 && arp-sensor lab revive --new-mac n5   # back with new hardware
       arp-sensor lab down
     """
 
@@ -138,15 +139,21 @@ def kill(name: str, nodes: tuple[str, ...]) -> None:
 
 @lab.command()
 @name_option
+@click.option("--mac", default=None, metavar="MAC", help="Come back with this MAC on eth0 (one node).")
+@click.option("--new-mac", is_flag=True, help="Come back with a fresh random MAC on eth0 (new hardware).")
 @click.argument("nodes", nargs=-1, required=True)
-def revive(name: str, nodes: tuple[str, ...]) -> None:
-    """Power NODEs back on (link up, BIRD started)."""
+def revive(name: str, nodes: tuple[str, ...], mac: str | None, new_mac: bool) -> None:
+    """Power NODEs back on (link up, BIRD started), optionally with new hardware (--mac / --new-mac)."""
+    if mac is not None and (new_mac or len(nodes) != 1):
+        raise click.UsageError("--mac takes exactly one node and excludes --new-mac")
     the_lab = Lab.load(name)
     targets = [the_lab.node(n) for n in nodes]
+    macs = {n.name: parse_mac(mac) if mac else random_mac() for n in targets} if mac or new_mac else {}
     for n in targets:
         was = n.state
-        the_lab.revive(n.name)
-        _echo(f"lab {name}: {n.name} ({n.ip}) {'powered on' if was == KILLED else 'already up'}")
+        the_lab.revive(n.name, macs.get(n.name))
+        new = f" with MAC {macs[n.name]}" if n.name in macs else ""
+        _echo(f"lab {name}: {n.name} ({n.ip}) {'powered on' if was == KILLED else 'already up'}{new}")
 
 
 @lab.command()

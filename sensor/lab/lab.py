@@ -40,6 +40,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from sensor.errors import EXIT_ENV, EXIT_INTERNAL, SensorError
 from sensor.lab import birdconf, vlanwire
+from sensor.neigh.table import NeighReader
 from sensor.peers.bird import BirdClient, BirdError, BirdProtocol
 
 STATE_ROOT = Path(os.environ.get("ARP_SENSOR_LAB_DIR", "/run/arp-sensor/lab"))
@@ -69,13 +70,6 @@ class Node:
     ip6: str | None = None  # dual-stack labs only
 
 
-def neigh_entries_in_use() -> int:
-    """Entries in the kernel's (namespace-shared) ARP table: /proc/net/stat/arp_cache, hex, per CPU."""
-    try:
-        rows = Path("/proc/net/stat/arp_cache").read_text().splitlines()[1:]
-        return int(rows[0].split()[0], 16) if rows else 0
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def require_tools() -> None:
@@ -138,6 +132,22 @@ def _wait_dead(pids: list[int], timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return not any(_pid_alive(p) for p in pids)
+
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+
+
+def parse_mac(text: str) -> str:
+    """A unicast MAC (colon or hyphen separated, any case) in the colon form the kernel takes."""
+    mac = text.strip().lower()
+    if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1 or mac.replace("-", ":") == "00:00:00:00:00:00":
+        raise SensorError(f"lab: bad MAC {text!r}: expected a unicast address like 02:00:00:00:01:03")
+    return mac.replace("-", ":")
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (02:xx:...)."""
+    return ":".join(["02", *(f"{b:02x}" for b in os.urandom(5))])
 
 
 class Lab:
@@ -234,6 +244,11 @@ class Lab:
     def state(self, node: str | int) -> str:
         return self.node(node).state
 
+    def mac(self, node: str | int) -> str:
+        """The node's eth0 MAC, lower-case colon form (as `ip link` shows it)."""
+        with ipr_in(self.netns(node)) as ipr:
+            return str(ipr.get_links(ipr.link_lookup(ifname="eth0")[0])[0].get_attr("IFLA_ADDRESS"))
+
     # ---- persistent state (so `lab down` works after a crash)
     def _save(self, phase: str) -> None:
         doc = {
@@ -289,10 +304,13 @@ class Lab:
         """The kernel's ARP table is one table shared by every namespace, capped by init_net's gc_thresh3
         (1024 by default): a 33-node mesh already overflows it ("neighbor table overflow!") and sessions
         hang in Connect. Refuse, or with `raise_limits` raise the host's limits (never lower them)."""
-        limits = {
-            k: int(Path(f"/proc/sys/net/ipv4/neigh/default/{k}").read_text()) for k in ("gc_thresh2", "gc_thresh3")
-        }
-        in_use = neigh_entries_in_use()
+        reader = NeighReader()  # the machine's table, whichever namespace asks
+        try:
+            table = reader.table()
+        finally:
+            reader.close()
+        limits = {"gc_thresh2": table.gc_thresh2, "gc_thresh3": table.gc_thresh3}
+        in_use = table.entries
         want = in_use + self.neigh_entries_needed() + 128  # headroom for the host's own neighbours
         if want <= limits["gc_thresh3"]:
             return
@@ -520,9 +538,15 @@ class Lab:
         n.state = KILLED
         self._save("up")
 
-    def revive(self, node: str | int) -> None:
-        """Power on: link up, BIRD started (a no-op for a node that is up)."""
+    def revive(self, node: str | int, mac: str | None = None) -> None:
+        """Power on: link up, BIRD started (a no-op for a node that is up). `mac`: come back with this
+        MAC on eth0 (new hardware behind the same IP, e.g. a replaced NIC); only for a powered-off node."""
         n = self.node(node)
+        if mac is not None:
+            if n.state != KILLED:
+                raise SensorError(f"lab {self.name}: {n.name} is not powered off; kill it before giving it a new MAC")
+            with ipr_in(n.netns) as ipr:  # the link is down: the address changes before anyone sees it
+                ipr.link("set", index=ipr.link_lookup(ifname="eth0")[0], address=parse_mac(mac))
         if n.state == KILLED:
             # its neighbour table went with the link (the kernel flushes it on down), as in a reboot
             self._set_links(n, "up")

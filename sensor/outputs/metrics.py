@@ -13,8 +13,9 @@ API (what the run command calls; small on purpose):
 
 Kernel counters in the health dict are per-interval deltas and are summed into Prometheus counters;
 `*_live`, `*_max`, `interfaces` are gauges; `entries_evicted` is already cumulative. Unknown keys
-are ignored, missing ones simply not exported. Labels are operation, reason, direction, verdict and output
-(one value per --output), all from small fixed sets, plus per-peer series for the cluster roll-up (below).
+are ignored, missing ones simply not exported. Labels are operation, reason, direction, verdict, output
+(one value per --output), interface (one per -i) and state (the kernel's NUD states), all from small
+sets, plus per-peer series for the cluster roll-up (below).
 
 Per-IP labels exist only for configured BGP peers that hold a non-healthy verdict (zombie-peer,
 bgp-down-reachable) right now: an attacker chooses target IPs but not the BIRD configuration, so these are
@@ -80,6 +81,14 @@ _DELTAS: list[tuple[str, str, str, str | None, str | None]] = [
      "Rate-limit entries the full kernel limits map refused (summed over intervals).", None, None),
     ("verdict_first_hand_checks", "arp_sensor_verdict_first_hand_checks",
      "Times this host's kernel resolved a zombie candidate itself (passive side of a pair).", None, None),
+    ("neigh_table_fulls", "arp_sensor_neigh_table_fulls", "New ARP neighbours the kernel refused (table full).",
+     None, None),
+    ("neigh_res_failed", "arp_sensor_neigh_resolution_failures", "ARP resolutions that got no answer.", None,
+     None),
+    ("neigh_unresolved_discards", "arp_sensor_neigh_unresolved_discards",
+     "Packets dropped while waiting for ARP resolution (initial namespace only).", None, None),
+    ("neigh_forced_gc_runs", "arp_sensor_neigh_forced_gc_runs",
+     "Forced garbage collections of the neighbour table (above gc_thresh2).", None, None),
 ]
 # health key -> gauge
 _GAUGES: list[tuple[str, str, str]] = [
@@ -89,11 +98,17 @@ _GAUGES: list[tuple[str, str, str]] = [
     ("interfaces", "arp_sensor_interfaces", "Interfaces being watched."),
     ("hooks_attached", "arp_sensor_hooks_attached", "Hooks (XDP, tc) still holding this sensor's programs."),
     ("ratelimit_targets", "arp_sensor_ratelimit_targets", "Targets the kernel holds a rate limit for now."),
+    ("neigh_table_entries", "arp_sensor_neigh_table_entries", "Entries in the machine's ARP neighbour table."),
+    ("neigh_gc_thresh3", "arp_sensor_neigh_gc_thresh3", "The ARP neighbour table's hard limit (gc_thresh3)."),
+    ("neigh_table_fill", "arp_sensor_neigh_table_fill_ratio", "ARP neighbour table entries / gc_thresh3."),
+    ("bindings_live", "arp_sensor_bindings", "IP -> MAC bindings held (per interface and VLAN)."),
 ]
 # health key -> counter that is already cumulative
 _TOTALS: list[tuple[str, str, str]] = [
     ("entries_evicted", "arp_sensor_map_evictions", "Entries the kernel LRU map evicted (inserts - live)."),
+    ("bindings_untracked", "arp_sensor_bindings_untracked", "New IPs not tracked: the bindings table was full."),
 ]
+BINDING_ACTIONS = ("new-station", "mac-changed", "flip-flop", "ip-conflict", "mac-many-ips", "mac-mismatch")
 _OUTPUT_COUNTERS = [("sent", "arp_sensor_output_sent", "Events delivered per output."),
                     ("dropped", "arp_sensor_output_dropped", "Events lost per output (queue full, oversized)."),
                     ("errors", "arp_sensor_output_errors", "Connect/send errors per output.")]
@@ -116,6 +131,8 @@ class Metrics:
         self._outputs: dict[str, dict[str, Any]] = {}
         self._verdicts: dict[str, int] = {}
         self._peers: list[Any] = []
+        self._neigh: dict[tuple[str, str], int] = {}  # (watched interface, NUD state) -> entries
+        self._binding_events = dict.fromkeys(BINDING_ACTIONS, 0)
         self._ratelimit_dropped = 0
         self._warnings: dict[str, int] = {}
         self._health_events = 0
@@ -139,6 +156,9 @@ class Metrics:
             for key, name, _help in _TOTALS:
                 if _num(health.get(key)):
                     self._totals[name] = health[key]
+            if isinstance(health.get("neigh_interfaces"), list):
+                self._neigh = {(str(i.get("name")), s): n for i in health["neigh_interfaces"] if isinstance(i, dict)
+                               for s, n in i.items() if s != "name" and _num(n)}
         ms = health.get("poll_duration_ms")
         if _num(ms):
             self.poll_duration.observe(ms / 1000.0)
@@ -169,6 +189,9 @@ class Metrics:
                 if key not in self._warnings and len(self._warnings) >= _MAX_ACTIONS:
                     key = "other"
                 self._warnings[key] = self._warnings.get(key, 0) + 1
+        elif event.get("dataset") == "arp_sensor.binding" and event.get("action") in self._binding_events:
+            with self._lock:
+                self._binding_events[event["action"]] += 1
         elif event.get("dataset") == "arp_sensor.ratelimit" and event.get("action") == "ratelimit-dropping":
             dropped = counts_of(ev).get("dropped")  # arp.* or, for an IPv6 target, nd.*
             if _num(dropped):
@@ -198,6 +221,17 @@ class Metrics:
             for _key, name, h in _TOTALS:
                 if name in self._totals:
                     yield CounterMetricFamily(name, h, value=self._totals[name])
+            if self._neigh:
+                n = GaugeMetricFamily("arp_sensor_neigh_entries", "ARP neighbour entries per watched interface "
+                                      "and state (this network namespace).", labels=["interface", "state"])
+                for (ifname, state), count in sorted(self._neigh.items()):
+                    n.add_metric([ifname, state], count)
+                yield n
+            b = CounterMetricFamily("arp_sensor_binding_events", "arp_sensor.binding events by action.",
+                                    labels=["action"])
+            for action, n in self._binding_events.items():
+                b.add_metric([action], n)
+            yield b
             yield CounterMetricFamily("arp_sensor_health_intervals", "Intervals observed.",
                                       value=self._health_events)
             w = CounterMetricFamily("arp_sensor_warnings", "Warning events by event.action (program-detached, "

@@ -57,6 +57,8 @@ class PeerStage:
         own = OwnAddresses()
         engine = VerdictEngine(window_s=verdict_window, min_requests=min_requests, hostname=hostname, own=own,
                                confirm=kernel_resolve)
+        if ctx.unresolved is not None:  # NeighStage (earlier in STAGES) keeps it current
+            engine.neigh = ctx.unresolved
         ctx.verdicts, ctx.peers, ctx.own = engine, book, own
         return cls(book, engine)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from sensor.kernel.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
 from sensor.kernel.reader import EntryTable, Snapshot, addr_text, ip_text, is_v4
-from sensor.model import Interval, TargetWindow, WindowKey
+from sensor.model import ActiveEntries, Interval, TargetWindow, WindowKey
 
 _U64 = np.uint64
 # Multipliers of a 64-bit mixing hash: entries are matched between snapshots by hash, then verified
@@ -288,6 +288,7 @@ class Aggregator:
         self._prev_sorted: _Sorted | None = None
         self._prev_raw: bytes | None = None
         self._groups: _Groups | None = None
+        self._keyset = 0  # counts key-set changes: the bindings stage reuses its grouping while it holds
 
     def update(self, snap: Snapshot) -> Interval:
         prev = self.prev
@@ -310,6 +311,7 @@ class Aggregator:
             else:
                 old_count = old_first = np.zeros(len(cur), _U64)
             groups = _Groups(cur)
+            self._keyset += 1
         self._prev_sorted, self._prev_raw, self._groups = cur, t.raw_keys, groups
         # Absent before: old (0, 0), so the whole count is new either way.
         delta = np.where((old_first == cur.first) & (cur.count >= old_count), cur.count - old_count, cur.count)
@@ -357,6 +359,7 @@ class Aggregator:
             interval_s=interval_s, windows=WindowList(self, interval_s, cols, order, req_entries, g.text),
             health=health, health_total=dict(snap.health), entries_live=live,
             entries_evicted=max(0, snap.health.get("inserts", 0) - live), targets_live=ntargets,
+            active=ActiveEntries(cur.w[a_idx], a_n, self._keyset, a_idx),
         )
 
     @staticmethod

@@ -11,6 +11,8 @@ Evidence per IP, summed over a sliding window of `window_s` seconds:
 
 Verdicts:
   zombie-peer         a BGP peer BIRD knows, not Established, >= min_requests requests and nothing alive
+                      (or at least one request when this host's own neighbour entry for it is FAILED: the
+                      kernel already asked and got no answer — `neigh`, set by sensor.neigh.stage)
   bgp-down-reachable  a BGP peer, not Established, and the host is alive (seen in the window, or at any
                       time since the session went down: a stopped BIRD behind a live host produces only
                       sparse unicast ARP, so this evidence is kept until the session is back)
@@ -168,6 +170,7 @@ class VerdictEngine:
         self._capped = False
         self._n_unanswered = 0
         self._st: dict[str, _State] = {}
+        self.neigh: dict[str, str] = {}  # ip -> failed | incomplete (the kernel's neighbour entry), if known
 
     def verdict(self, ip: str) -> str:
         st = self._st.get(ip)
@@ -271,7 +274,7 @@ class VerdictEngine:
                 return HEALTHY
             if ev.alive:
                 return DOWN_REACHABLE
-            if ev.requests >= self.min_requests:
+            if ev.requests >= self.min_requests or (ev.requests and self.neigh.get(ip) == "failed"):
                 return ZOMBIE
             if st.last_alive is not None and st.down_since is not None and st.last_alive >= st.down_since:
                 return DOWN_REACHABLE
@@ -371,9 +374,15 @@ class VerdictEngine:
         after = verdict if change == "detected" else HEALTHY
         ev = self._sum(st)
         alive_ago = now - st.last_alive if st.last_alive is not None else 0.0
+        evidence = ev.fields(self.window_s)
+        message = self._message(verdict, change, ip, peer, ev, reason, alive_ago)
+        if ip in self.neigh:
+            evidence["neigh_state"] = self.neigh[ip]
+            if change == "detected" and verdict in (ZOMBIE, UNANSWERED):
+                message += f" (this host's neighbour entry for it is {self.neigh[ip].upper()})"
         return peer_event(
-            f"{verdict}-{change}", ip, self._message(verdict, change, ip, peer, ev, reason, alive_ago), now,
-            peer=peer_fields(peer) if peer is not None else None, evidence=ev.fields(self.window_s),
+            f"{verdict}-{change}", ip, message, now,
+            peer=peer_fields(peer) if peer is not None else None, evidence=evidence,
             node_name=peer.node_name if peer else None, verdict=after, reason=reason, hostname=self.hostname,
         )
 

@@ -2,7 +2,10 @@
 
     kernel maps ─► Runner.poll: read, aggregate, target events
                      └► per interval, in this order:
+                          NeighStage      the kernel's neighbour table (netlink)   → ctx.unresolved
                           PeerStage       peers (BIRD, static, k8s) + verdicts     → ctx.verdicts, ctx.peers
+                                          (reads ctx.unresolved)
+                          BindingStage    IP -> MAC bindings from the active entries (arp_sensor.binding)
                           RateLimitStage  verdicts → kernel limit entries          (reads ctx.verdicts)
                    every event ─► OutputStage (JSON sinks, Prometheus)             (reads ctx.verdicts)
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from sensor.bindings.stage import BindingStage
 from sensor.model import Log, StageContext
+from sensor.neigh.stage import NeighStage
 from sensor.outputs.stage import OutputStage
 from sensor.peers.stage import PeerStage
 from sensor.pipeline.limit_stage import RateLimitStage
@@ -36,8 +41,8 @@ class Stage(Protocol):
     def close(self) -> None: ...
 
 
-# The order is the dataflow: verdicts before the limits that act on them.
-STAGES: tuple[type[Stage], ...] = (PeerStage, RateLimitStage)
+# The order is the dataflow: neighbour entries before the verdicts, verdicts before the limits that act on them.
+STAGES: tuple[type[Stage], ...] = (NeighStage, PeerStage, BindingStage, RateLimitStage)
 
 
 def option_names(options: Iterable[Callable[[Any], Any]]) -> list[str]:

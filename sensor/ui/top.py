@@ -115,14 +115,14 @@ VERDICT_STYLE = {"zombie-peer": "bold red", "bgp-down-reachable": "yellow", "una
 
 
 COLUMNS = (  # (header, min width, justify), in display order
-    ("TARGET IP", 15, "left"), ("REQ/S", 7, "right"), ("TREND", HISTORY, "left"), ("SENDERS", 7, "right"),
-    ("REPLIES", 7, "right"), ("TOP SENDER", 15, "left"), ("SEEN ON", 9, "left"), ("BGP PEER", 16, "left"),
-    ("STATE", 11, "left"), ("VERDICT", 18, "left"), ("LIMIT", 14, "left"),
+    ("TARGET IP", 15, "left"), ("MAC", 17, "left"), ("REQ/S", 7, "right"), ("TREND", HISTORY, "left"),
+    ("SENDERS", 7, "right"), ("REPLIES", 7, "right"), ("TOP SENDER", 15, "left"), ("SEEN ON", 9, "left"),
+    ("BGP PEER", 16, "left"), ("STATE", 11, "left"), ("VERDICT", 18, "left"), ("LIMIT", 14, "left"),
 )
 # What a narrow terminal keeps first: the answer (which IP, how busy, which peer, what verdict) before
 # the detail. Columns that do not fit are left out rather than squeezed into ellipses.
-PRIORITY = ("TARGET IP", "REQ/S", "VERDICT", "BGP PEER", "SENDERS", "STATE", "TREND", "LIMIT", "REPLIES",
-            "TOP SENDER", "SEEN ON")
+PRIORITY = ("TARGET IP", "REQ/S", "VERDICT", "BGP PEER", "SENDERS", "STATE", "MAC", "TREND", "LIMIT",
+            "REPLIES", "TOP SENDER", "SEEN ON")
 WIDE = 200  # wide enough for every column
 
 
@@ -168,8 +168,26 @@ def live_info(ctx: StageContext, limiter: RateLimitStage | None) -> Info:
     return info
 
 
+def mac_cell(macs: list[str], rival: str | None = None) -> str:
+    """The MAC(s) holding an IP (from the bindings); both in red while another MAC claims it too."""
+    if rival:
+        return f"[bold red]{' '.join(macs)} ≠ {rival}[/]"
+    return " ".join(macs)
+
+
+def live_mac(stage: Any | None) -> Callable[[str], str]:
+    """ip -> MAC cell from a sensor.bindings.stage.BindingStage (empty without one)."""
+    def mac(ip: str) -> str:
+        if stage is None:
+            return ""
+        held = stage.engine.holders(ip)
+        rivals = [m for _mac, b in held for m in (b.rivals or ())]
+        return mac_cell([m for m, _b in held], rivals[0] if rivals else None)
+    return mac
+
+
 def render(state: TopState, sort: str, rows: int, title: str, notes: list[str], width: int = WIDE,
-           info: Info | None = None):
+           info: Info | None = None, mac: Callable[[str], str] | None = None):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", caption=" · ".join(notes) or None,
@@ -180,7 +198,8 @@ def render(state: TopState, sort: str, rows: int, title: str, notes: list[str], 
     for r in state.sorted_rows(sort)[:rows]:
         peer, bgp_state, verdict, limit = info(r.ip) if info is not None else ("", "", "", "")
         cells = {
-            "TARGET IP": r.ip, "REQ/S": f"{r.rate:,.1f}", "TREND": sparkline(list(r.history)),
+            "TARGET IP": r.ip, "MAC": mac(r.ip) if mac is not None else "", "REQ/S": f"{r.rate:,.1f}",
+            "TREND": sparkline(list(r.history)),
             "SENDERS": str(r.senders), "REPLIES": str(r.replies), "TOP SENDER": r.top_sender,
             "SEEN ON": ", ".join(sorted(r.where)), "BGP PEER": peer, "STATE": bgp_state,
             "VERDICT": f"[{VERDICT_STYLE.get(verdict, '')}]{verdict}[/]" if verdict else "",
@@ -356,6 +375,7 @@ def _show_loop(console, tty_out: bool, keys, step: Callable[[float], bool], draw
 
 def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, rows: int, once: bool,
               stage_opts: dict[str, Any]) -> None:
+    from sensor.bindings.stage import BindingStage
     from sensor.peers.stage import PeerStage
     from sensor.pipeline.limit_stage import RateLimitStage
     from sensor.pipeline.runner import Runner, RunOptions, check_options
@@ -380,6 +400,7 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
     peer_stage = next(s for s in stages if isinstance(s, PeerStage))
     limiter = next((s for s in stages if isinstance(s, RateLimitStage)), None)
     have_peers = given_sources or any(s["ok"] is not None for s in peer_stage.book.sources())
+    bindings = next((s for s in stages if isinstance(s, BindingStage)), None)  # the MAC column
     state = TopState()
     console, tty_out = _console()
     sort_box = [sort]
@@ -390,7 +411,8 @@ def _top_live(interfaces: list[str], attach: str, interval: float, sort: str, ro
                  f"{len(state.rows)} targets · sort: {sort_box[0]}" + ("" if once else " · q quit, s sort"))
         caption = [] if have_peers else ["no BIRD socket or peers file: BGP columns empty"]
         caption.append(f"rate limits: {limiter.cfg.mode}" if limiter else "rate limits: off (--rate-limit)")
-        return render(state, sort_box[0], rows, title, caption + list(notes), console.width, info)
+        return render(state, sort_box[0], rows, title, caption + list(notes), console.width, info,
+                      live_mac(bindings))
 
     next_tick = [0.0]
 
@@ -461,7 +483,8 @@ def _top_events(path: str, sort: str, rows: int, once: bool) -> None:
             caption.append("end of input")
         if feed.skipped:
             caption.append(f"{feed.skipped} lines that are not arp-sensor events skipped")
-        return render(state, sort_box[0], rows, title, caption, console.width, lambda ip: feed_info(feed, ip))
+        return render(state, sort_box[0], rows, title, caption, console.width, lambda ip: feed_info(feed, ip),
+                      lambda ip: mac_cell(*feed.mac(ip)))
 
     def step(timeout: float) -> bool:
         changed = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -51,6 +52,13 @@ def tmux():
     subprocess.run([*cmd, "kill-server"], capture_output=True)  # only the server on our own socket
 
 
+def named_cells(table: str, row: str) -> dict[str, str]:
+    """A table row's cells by column header (columns come and go with the terminal's width)."""
+    header = next(ln for ln in table.splitlines() if "TARGET IP" in ln)
+    names = [c.strip() for c in re.split("[┃│]", header)]
+    return dict(zip(names, [c.strip() for c in row.split("│")], strict=False))
+
+
 def _pane(tmux: list[str]) -> str:
     r = subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True)
     return r.stdout
@@ -80,7 +88,9 @@ def test_top_in_a_terminal(veth_pair, tmux, tmp_path, quit_key):
     lines = screen.splitlines()
     rows = [ln for ln in lines if "198.18.0." in ln and "│" in ln]
     assert BUSY in rows[0], screen  # the busiest target is the first row
-    assert float(rows[0].split("│")[2].replace(",", "")) > float(rows[1].split("│")[2].replace(",", ""))
+    busy, quiet = named_cells(screen, rows[0]), named_cells(screen, rows[1])
+    assert float(busy["REQ/S"].replace(",", "")) > float(quiet["REQ/S"].replace(",", ""))
+    assert "MAC" in busy  # a wide terminal shows the MAC beside each target (empty: nobody answered)
     assert attached_programs(veth_pair.b, veth_pair.b_if)["xdp"]  # it is attached while it runs
     subprocess.run([*tmux, "send-keys", "-t", "top", quit_key], check=True)
     deadline = time.monotonic() + 30
@@ -102,8 +112,7 @@ def test_top_once_over_a_pipe(veth_pair):
     assert "\x1b[" not in r.stdout  # no terminal: no escape sequences
     rows = [ln for ln in r.stdout.splitlines() if "198.18.0." in ln and "│" in ln]
     assert rows and BUSY in rows[0], r.stdout
-    cells = [c.strip() for c in rows[0].split("│")]
-    assert cells[4] == "5"  # five distinct senders asked for the busy target
+    assert named_cells(r.stdout, rows[0])["SENDERS"] == "5"  # five distinct senders asked for the busy target
     assert "BGP columns empty" in r.stdout
     assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
 
@@ -137,11 +146,11 @@ def test_top_names_the_bgp_peer_and_its_verdict(veth_pair):
     tables = out.split("arp-sensor top ·")
     assert len(tables) >= 4  # one per interval
     row = next(ln for ln in tables[-1].splitlines() if peer in ln)
-    cells = [c.strip() for c in row.split("│")]
-    assert cells[8] == f"Mesh_{peer.replace('.', '_')}"
-    assert cells[9] not in ("", "Established", "unknown")
-    assert cells[10] == "zombie-peer"
-    mode, would_drop = cells[11].split()  # the zombie is limited (dry run): what the kernel would drop
+    cells = named_cells(tables[-1], row)
+    assert cells["BGP PEER"] == f"Mesh_{peer.replace('.', '_')}"
+    assert cells["STATE"] not in ("", "Established", "unknown")
+    assert cells["VERDICT"] == "zombie-peer"
+    mode, would_drop = cells["LIMIT"].split()  # the zombie is limited (dry run): what the kernel would drop
     assert mode == "dry-run" and int(would_drop) > 0
     assert "rate limits: dry-run" in tables[-1]
     assert attached_programs(veth_pair.b, veth_pair.b_if) == {"xdp": [], "ingress": [], "egress": []}
@@ -160,8 +169,8 @@ def test_top_events_from_a_running_sensor(veth_pair, sensor, tmp_path):
         assert r.returncode == 0, r.stderr
         rows = [ln for ln in r.stdout.splitlines() if "198.18.0." in ln and "│" in ln]
         assert rows and BUSY in rows[0], r.stdout
-        cells = [c.strip() for c in rows[0].split("│")]
-        assert cells[4] == "5" and float(cells[2]) > 0
+        cells = named_cells(r.stdout, rows[0])
+        assert cells["SENDERS"] == "5" and float(cells["REQ/S"]) > 0
         assert "events of" in r.stdout
 
 

@@ -36,6 +36,9 @@ def test_unit_keys():
     assert any(v.startswith("-/etc/default/arp-sensor") for v in svc["EnvironmentFile"])
     assert f"{config.ENV_VAR}=/etc/arp-sensor/config.toml" in svc["Environment"]
     assert u["Install"]["WantedBy"] == ["multi-user.target"]
+    # the shipped config keeps bindings in the unit's StateDirectory (writable under ProtectSystem=strict)
+    assert svc["StateDirectory"] == ["arp-sensor"] and svc["ProtectSystem"] == ["strict"]
+    assert 'binding-state = "/var/lib/arp-sensor/bindings.json"' in (UNIT.parent / "config.toml").read_text()
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
@@ -106,7 +109,8 @@ def test_daemonset_has_what_the_sensor_needs():
         assert {"cpu", "memory"} <= set(c["resources"][kind])
     vols = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    for path in ("/lib/modules", "/usr/src", "/var/run/calico", "/run/arp-sensor"):
+    for path in ("/lib/modules", "/usr/src", "/var/run/calico", "/run/arp-sensor",
+                 "/var/lib/arp-sensor"):  # the last one: the bindings state file (ConfigMap's binding-state)
         assert vols[mounts[path]["name"]]["hostPath"]["path"] == path, path
     assert "/sys/fs/bpf" not in mounts  # nothing is pinned (XDP links): no write access to bpffs
     assert mounts["/lib/modules"].get("readOnly") and mounts["/usr/src"].get("readOnly")
@@ -135,6 +139,7 @@ def test_daemonset_args_and_config_parse_with_the_real_cli(tmp_path):
         assert spec["metadata"]["annotations"]["prometheus.io/port"] == str(port)
         assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in spec["spec"]["containers"][0]["ports"]
         assert list(sctx.params["interfaces"]) == dm["run"]["interfaces"]
+        assert dm["run"]["binding_state"].startswith("/var/lib/arp-sensor/")  # on the hostPath mount
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed")

@@ -172,6 +172,20 @@ def test_lab_bad_name_and_missing_lab() -> None:
     assert r.returncode == 2 and "no lab named" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_revive_mac_validation() -> None:
+    from sensor.errors import SensorError
+    from sensor.lab.lab import parse_mac, random_mac
+
+    assert parse_mac("02-00-00-00-01-0A") == "02:00:00:00:01:0a"
+    for bad in ("01:00:5e:00:00:01", "00:00:00:00:00:00", "02:00:00:00:01", "zz:00:00:00:00:01"):
+        with pytest.raises(SensorError, match="bad MAC"):
+            parse_mac(bad)
+    mac = random_mac()
+    assert parse_mac(mac) == mac and mac.startswith("02:") and random_mac() != mac
+    r = cli("lab", "revive", "--name", unique_lab_name(), "--mac", "02:00:00:00:01:0a", "n1", "n2")
+    assert r.returncode == 2 and "--mac takes exactly one node" in r.stderr, r.stderr
+
+
 # ---- the shared 6-node mesh
 
 

@@ -196,7 +196,8 @@ def test_docs_examples_validate():
     events = parse_events("\n".join(blocks))
     assert {(e["event"]["dataset"], e["event"]["kind"]) for e in events} == {
         ("arp_sensor.target", "metric"), ("arp_sensor.peer", "alert"), ("arp_sensor.ratelimit", "event"),
-        ("arp_sensor.health", "metric"), ("arp_sensor.health", "event")}
+        ("arp_sensor.health", "metric"), ("arp_sensor.health", "event"), ("arp_sensor.binding", "event"),
+        ("arp_sensor.binding", "alert")}
 
 
 def test_ipv6_events_carry_the_same_numbers_under_nd_names():

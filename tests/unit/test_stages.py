@@ -6,9 +6,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from sensor.bindings.stage import BindingStage
 from sensor.cli import cli
 from sensor.errors import SensorError
 from sensor.model import StageContext
+from sensor.neigh.stage import NeighStage
 from sensor.outputs.stage import OutputStage
 from sensor.peers.stage import PeerStage
 from sensor.pipeline.limit_stage import RateLimitStage
@@ -26,7 +28,7 @@ def _ctx() -> StageContext:
 
 
 def test_peers_come_before_the_limits_that_read_their_verdicts() -> None:
-    assert STAGES.index(PeerStage) < STAGES.index(RateLimitStage)
+    assert STAGES.index(NeighStage) < STAGES.index(PeerStage) < STAGES.index(RateLimitStage)
 
 
 def test_each_option_belongs_to_exactly_one_stage() -> None:
@@ -49,17 +51,19 @@ def test_builder_takes_each_stage_its_own_options_in_order(tmp_path) -> None:
     ctx = _ctx()
     stages = build_stages(ctx, stage_opts, outputs=True)
     try:
-        assert [type(s) for s in stages] == [OutputStage, PeerStage, RateLimitStage]
+        assert [type(s) for s in stages] == [OutputStage, NeighStage, PeerStage, BindingStage, RateLimitStage]
         assert stage_opts == {}  # every option consumed by its stage
-        limiter = stages[2]
+        limiter = stages[4]
         assert limiter.verdicts is ctx.verdicts and limiter.peers is ctx.peers  # from the PeerStage
+        # the neighbour stage's unresolved entries are the verdicts' zombie evidence, one shared dict
+        assert stages[2].engine.neigh is ctx.unresolved is stages[1].unresolved
     finally:
         for s in reversed(stages):
             s.close()
 
 
 def test_rate_limit_off_builds_no_limit_stage() -> None:
-    params = _opts(cli.commands["top"], "-i", "lo")
+    params = _opts(cli.commands["top"], "-i", "lo", "--no-neigh", "--no-bindings")
     stages = build_stages(_ctx(), {k: params[k] for k in option_names(p for c in STAGES for p in c.options)},
                           outputs=False)
     assert [type(s) for s in stages] == [PeerStage]

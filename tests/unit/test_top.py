@@ -149,15 +149,18 @@ def test_narrow_terminals_drop_columns_instead_of_truncating(width):
     s.update(iv(tw(BUSY, 80, 5, top=[("198.18.0.10", 40)])))
     info = lambda ip: ("Mesh_198_18_0_77", "Established", "bgp-down-reachable", "enforce 12")  # noqa: E731
     names = [c[0] for c in columns_for(width)]
-    assert names[:2] == ["TARGET IP", "REQ/S"]
+    assert names[0] == "TARGET IP" and [n for n in names if n != "MAC"][1] == "REQ/S"
     if width >= 80:
         assert {"VERDICT", "BGP PEER"} <= set(names)
+    if width >= 120:
+        assert names[:3] == ["TARGET IP", "MAC", "REQ/S"]  # the MAC beside the target
     if width >= 200:
-        assert len(names) == 11
+        assert len(names) == 12
     console = Console(width=width, force_terminal=False, record=True)
-    console.print(render(s, "requests", 5, "t", [], width, info))
+    console.print(render(s, "requests", 5, "t", [], width, info, lambda ip: "02-00-00-00-00-4D"))
     text = console.export_text()
     assert "…" not in text and BUSY in text
+    assert ("02-00-00-00-00-4D" in text) == ("MAC" in names)
     assert all(len(line) <= width for line in text.splitlines())
 
 
@@ -186,3 +189,39 @@ def test_ipv6_targets_sit_beside_ipv4_ones():
     s6.update(feed.feed(json.dumps(health)))
     [row] = s6.sorted_rows("requests")
     assert (row.ip, row.rate, row.replies, row.top_sender) == ("2001:db8::7", 12, 1, "2001:db8::1")
+
+
+def test_event_feed_mac_column_from_binding_events():
+    import json
+
+    from sensor.bindings.engine import BindingEngine, Sighting
+    from sensor.events.decode import EventFeed
+    from sensor.ui.top import mac_cell
+
+    a, b = "02-00-00-00-00-0A", "02-00-00-00-00-0B"
+    eng = BindingEngine(learn_s=0)
+    evs = eng.update([Sighting("eth0", 0, "198.18.0.7", a, "reply")], 0.0)  # new-station
+    evs += eng.update([Sighting("eth0", 0, "198.18.0.7", b, "reply")], 30.0)  # mac-changed
+    evs += eng.update([Sighting("eth0", 0, "198.18.0.7", a, "reply")], 31.0)  # ip-conflict (b holds)
+    assert [e["event"]["action"] for e in evs] == ["new-station", "mac-changed", "ip-conflict"]
+    feed = EventFeed()
+    for e in evs[:2]:
+        feed.feed(json.dumps(e))
+    assert feed.mac("198.18.0.7") == ([b], None) and feed.mac("198.18.0.9") == ([], None)
+    feed.feed(json.dumps(evs[2]))
+    assert mac_cell(*feed.mac("198.18.0.7")) == f"[bold red]{b} ≠ {a}[/]"
+
+
+def test_live_mac_cell_from_the_bindings_stage():
+    from sensor.bindings.engine import BindingEngine, Sighting
+    from sensor.bindings.stage import BindingStage
+    from sensor.ui.top import live_mac
+
+    a, b = "02-00-00-00-00-0A", "02-00-00-00-00-0B"
+    stage = BindingStage(BindingEngine(learn_s=0))
+    stage.engine.update([Sighting("eth0", 0, "198.18.0.7", a, "reply"),
+                         Sighting("eth1", 0, "198.18.0.7", a, "reply")], 0.0)
+    mac = live_mac(stage)
+    assert mac("198.18.0.7") == a and mac("198.18.0.8") == "" and live_mac(None)("198.18.0.7") == ""
+    stage.engine.update([Sighting("eth0", 0, "198.18.0.7", b, "gratuitous")], 1.0)
+    assert mac("198.18.0.7") == f"[bold red]{a} ≠ {b}[/]"
