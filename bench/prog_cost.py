@@ -258,7 +258,7 @@ def measure(repeat: int, runs: int, fills: tuple[int, ...] = FILLS,
     # (per-CPU free lists), and we want N live entries, not N inserts.
     max_entries = max(1024, 1 << (2 * max(fills) - 1).bit_length())
     dp = Datapath(max_entries=max_entries)
-    map_fd = dp.map_fds[0]
+    map_fd = dp.maps.counts
     progs = {"empty XDP": empty.fd, "arp-sensor XDP": dp.fn_xdp.fd, "arp-sensor tc ingress": dp.fn_tc_in.fd,
              "arp-sensor tc egress": dp.fn_tc_eg.fd}
     rows = []

@@ -97,7 +97,7 @@ def child(n: int, shape: str, intervals: int, with_perf: bool = False) -> dict:
     # As a user would size it: the default map, or the next power of two with 25% headroom.
     max_entries = max(DEFAULT_MAX_ENTRIES, 1 << (n * 5 // 4 - 1).bit_length())
     dp = Datapath(max_entries=max_entries)
-    reader = MapReader(*dp.map_fds, max_entries, nd_fd=dp.nd_map_fd)
+    reader = MapReader(dp.maps, max_entries)
     agg = Aggregator({1: "lo"})
     frames = frames_for(n, senders)
     fd = dp.fn_xdp.fd
@@ -118,7 +118,7 @@ def child(n: int, shape: str, intervals: int, with_perf: bool = False) -> dict:
         keys, vals, count = reader.read_raw()
         t1 = time.perf_counter()
         snap = Snapshot(time.monotonic(), None, reader.read_health(),
-                        table=EntryTable.from_raw(keys, vals, count, reader.ncpu))
+                        table=EntryTable.from_raw(keys, vals, count, reader.ncpu), fast=reader.read_fast())
         return snap, t0, t1, time.perf_counter(), c0
 
     # Steady-state intervals alternate with intervals aggregated as if the set of entries had changed
@@ -135,7 +135,8 @@ def child(n: int, shape: str, intervals: int, with_perf: bool = False) -> dict:
         chosen = select(iv.windows, 20, 1)  # what the runner builds by default (--top 20)
         t3, c3 = time.perf_counter(), time.process_time()
         rows.append({"changed": changed, "batch_ms": (t1 - t0) * 1e3, "table_ms": (t2 - t1) * 1e3,
-                     "agg_ms": (t3 - t2) * 1e3, "cpu_ms": (c3 - c0) * 1e3, "entries": len(snap.table),
+                     "agg_ms": (t3 - t2) * 1e3, "cpu_ms": (c3 - c0) * 1e3,
+                     "entries": len(snap.table) + len(snap.fast or ()),
                      "windows": len(iv.windows), "chosen": len(chosen),
                      "requests": int(iv.windows.cols["requests"].sum())})
         del iv, chosen, snap

@@ -36,8 +36,9 @@ def test_userspace_smoke() -> None:
         assert len(r["rounds"]) == 4 and r["hwm_kb"] > 0 and r["all_windows"] == targets
         assert [x["changed"] for x in r["rounds"]] == [False, True, False, True]
         for rnd in r["rounds"]:
-            # every entry was touched once more: 200 live entries, one request each, all active
-            assert (rnd["entries"], rnd["windows"], rnd["requests"]) == (200, targets, 200)
+            # every key was touched once more: one request each, all active (a key can have a row in the
+            # LRU map and fast-path rows too)
+            assert (rnd["windows"], rnd["requests"]) == (targets, 200) and rnd["entries"] >= 200
             assert rnd["chosen"] == min(20, targets)
     mem = userspace.kernel_memory()
     counts = next(m for m in mem if m["name"] == "arp_counts")
