@@ -158,7 +158,11 @@ static __always_inline void count_nd(struct nd_key *key, struct health_counters 
  * 8-byte aligned on the stack by the callers). Array lookups are inlined by the verifier (per-CPU ones
  * on kernels >= 6.10), so a hit costs a multiply per key word and a compare per key word: no call. */
 
-/* Index of the key's slot in the current half: a multiplicative hash of the key's words. */
+#define FAST_MUL 0x9E3779B97F4A7C15ULL
+
+/* Index of the key's slot in the current half: a multiplicative hash of the key's words. A multiply
+ * carries a bit only upwards, so each round folds the high half back down: without it, keys that differ
+ * only in high bits of a word (the last octet of an IP, dir, kind) would all share one slot. */
 static __always_inline __u32 fast_index(const __u64 *key, const int words)
 {
 	__u32 zero = 0;
@@ -168,9 +172,11 @@ static __always_inline __u32 fast_index(const __u64 *key, const int words)
 	if (!ep)
 		return 0;
 #pragma unroll
-	for (int i = 0; i < words; i++)
-		x = (x ^ key[i]) * 0x9E3779B97F4A7C15ULL;
-	return (ep->half & 1) * ARP_SENSOR_FAST_SLOTS + ((__u32)(x >> 32) & (ARP_SENSOR_FAST_SLOTS - 1));
+	for (int i = 0; i < words; i++) {
+		x = (x ^ key[i]) * FAST_MUL;
+		x ^= x >> 32;
+	}
+	return (ep->half & 1) * ARP_SENSOR_FAST_SLOTS + ((__u32)((x * FAST_MUL) >> 32) & (ARP_SENSOR_FAST_SLOTS - 1));
 }
 
 /* Counts the frame in `slot` (words key words, then count, then first_seen_ns) when the slot is free
@@ -524,8 +530,11 @@ static __always_inline int find_l3(struct hdr_cursor *nh, void *data_end, __u16 
 	__u16 h_proto = *(__u16 *)((__u8 *)eth + 12);
 
 	/* The fast path: every non-ARP, untagged frame leaves here touching no map and not even the
-	 * context (the interface index is read only for ARP and ND); the IPv6 compare sits after the ARP
-	 * one, on the path that already leaves. */
+	 * context (the interface index is read only for ARP and ND). IPv4, by far the most common frame,
+	 * leaves after the first compare (docs/benchmarks.md, "Where the time goes (non-ARP)"); the IPv6
+	 * compare sits after the ARP one, on the path that already leaves. */
+	if (h_proto == bpf_htons(ETH_P_IP))
+		return FRAME_OTHER;
 	if (h_proto == bpf_htons(ETH_P_ARP))
 		return FRAME_ARP;
 	if (proto_is_vlan(h_proto)) {

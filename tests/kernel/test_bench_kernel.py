@@ -13,7 +13,11 @@ def test_prog_cost_smoke() -> None:
 
     rows = prog_cost.measure(repeat=50, runs=1, fills=(1, 40), log=lambda _m: None)
     programs = {r["program"] for r in rows}
-    assert programs == {"empty XDP", "arp-sensor XDP", "arp-sensor tc ingress", "arp-sensor tc egress"}
+    assert programs == {"empty XDP", prog_cost.OURS, prog_cost.OURS_TC_IN, prog_cost.OURS_TC_EG, prog_cost.LRU_ONLY,
+                        prog_cost.COLLIDING}
+    # Each build measured the path its row names: the storm's key in its slot, the LRU alone, the collision.
+    paths = {(r["program"], r["path"]) for r in rows if r["frame"] == "ARP request" and not r.get("limit")}
+    assert {(prog_cost.OURS, "fast hit"), (prog_cost.LRU_ONLY, "LRU"), (prog_cost.COLLIDING, "collision")} <= paths
     assert {r["fill"] for r in rows} == {1, 40}
     assert all(r["ns"] >= 0 for r in rows)
     big = [r for r in rows if r["fill"] == 40]
@@ -26,6 +30,7 @@ def test_prog_cost_smoke() -> None:
     assert "## Per-packet cost" in text and "Where the time goes (ARP request)" in text
     assert "Where the time goes (non-ARP)" in text
     assert "met" in text or "missed" in text
+    assert "Collision / fallback no slower than the LRU path" in text
 
 
 def test_userspace_smoke() -> None:
