@@ -10,12 +10,13 @@ milliseconds, docs/benchmarks.md), and TargetWindow objects are built only when 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
 
-from sensor.kernel.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
+from sensor.kernel.layout import DIR_EGRESS, DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
 from sensor.kernel.reader import EntryTable, Snapshot, addr_text, ip_text, is_v4
 from sensor.model import ActiveEntries, Interval, TargetWindow, WindowKey
 
@@ -164,6 +165,22 @@ class _Groups:
         return ip_text(code) if code < _V6_CODE else self.v6[code - _V6_CODE]
 
 
+@dataclass
+class IPSums:
+    """One interval per IP (WindowList.by_ip): address codes (_V6_CODE), sums over the IP's windows, the
+    senders of any request (proof they are alive), code -> text, and the senders of some IPs."""
+
+    codes: np.ndarray
+    requests: np.ndarray
+    replies: np.ndarray
+    alive: np.ndarray  # replies + gratuitous
+    senders: np.ndarray  # the most distinct senders in one of its windows
+    own: np.ndarray  # requests on egress: this host's own
+    askers: np.ndarray  # codes
+    text: Callable[[int], str]
+    tops: Callable[[Sequence[int]], dict[int, dict[str, int]]]
+
+
 class WindowList(Sequence[TargetWindow]):
     """Busiest-first TargetWindows of one interval, built on access (and kept once built)."""
 
@@ -278,6 +295,43 @@ class WindowList(Sequence[TargetWindow]):
         senders = [(self._text(p), c) for p, c in zip(peers.tolist(), counts.tolist(), strict=True)]
         senders.sort(key=lambda s: (-s[1], s[0]))
         return senders[: self._agg.top_senders]
+
+    def by_ip(self) -> IPSums:
+        """The interval summed per IP over its windows (interfaces, directions, VLANs) without building a
+        TargetWindow: what the verdict engine needs for every IP, as arrays."""
+        c = self.cols
+        codes, inv = np.unique(c["ip"], return_inverse=True)
+        inv = inv.reshape(-1)
+        n = len(codes)
+
+        def total(name: str) -> np.ndarray:
+            return np.bincount(inv, weights=c[name].astype(np.float64), minlength=n).astype(np.int64)
+
+        senders = np.zeros(n, dtype=np.int64)
+        np.maximum.at(senders, inv, c["senders"].astype(np.int64))
+        replies = total("replies")
+        askers = np.unique(self._req[1]) if len(self._req[1]) else np.zeros(0, _U64)
+        def tops(ks: Sequence[int]) -> dict[int, dict[str, int]]:
+            """Senders of the given IPs (indexes into codes) summed over their windows: evidence for a verdict
+            (every sender, not each window's top few). One pass over the request entries for all of them."""
+            widx, peer, m = self._req
+            want = np.sort(np.asarray(ks, dtype=np.int64))
+            out: dict[int, dict[str, int]] = {int(k): {} for k in want.tolist()}
+            if not len(want) or not len(widx):
+                return out
+            ip_of = inv[self.order[widx]]  # request entry -> its window's IP index
+            pos = np.minimum(np.searchsorted(want, ip_of), len(want) - 1)
+            for k, p, c in zip(ip_of[want[pos] == ip_of].tolist(), peer[want[pos] == ip_of].tolist(),
+                               m[want[pos] == ip_of].tolist(), strict=True):
+                d = out[k]
+                t = self._text(p)
+                d[t] = d.get(t, 0) + int(c)
+            return out
+
+        egress = c["dir"] == DIR_EGRESS
+        own = np.bincount(inv[egress], weights=c["requests"][egress].astype(np.float64), minlength=n).astype(np.int64)
+        return IPSums(codes, total("requests"), replies, replies + total("gratuitous"), senders, own, askers,
+                      self._text, tops)
 
     def chosen(self, top: int, min_requests: int) -> list[TargetWindow]:
         c = self.cols
