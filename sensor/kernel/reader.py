@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -258,9 +259,13 @@ class FastDrain:
         self.half = FAST_EPOCH.unpack(raw)[0] & 1 if raw else 0
         self.grace = "membarrier" if bpfsys.membarrier_global_available() else "interval"
         self._pending: int | None = None  # grace "interval": the half retired at the previous drain
+        self._retired = 0  # grace "membarrier": the half begin() retired
+        self._waiter: threading.Thread | None = None
+        self._grace_error: OSError | None = None
         self._kbuf = np.empty(4 * slots, dtype=np.uint8)
         self._vbuf = np.empty(slots * self.ncpu * self.slot_size, dtype=np.uint8)
         self.drains = 0
+        self.last_grace_ms = 0.0  # how long the last grace period took (a wait, not CPU)
 
     def _flip(self) -> int:
         """Makes the other half current; returns the retired one. The current half is read from the map,
@@ -273,11 +278,37 @@ class FastDrain:
 
     def drain(self) -> EntryTable:
         """This interval's fast-path counts: one row per (slot, CPU) that counted something."""
+        self.begin()
+        return self.finish()
+
+    def begin(self) -> None:
+        """Flips the epoch and starts the grace period on a helper thread, so the caller can read the LRU
+        map while it runs (the syscall releases the GIL): a poll waits max(grace, read), not their sum."""
         self.drains += 1
-        if self.grace == "membarrier":
-            retired = self._flip()
+        if self.grace != "membarrier":
+            return
+        self._retired = self._flip()
+        self._waiter = threading.Thread(target=self._wait, name="arp-sensor-grace", daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        t0 = time.monotonic()
+        try:
             bpfsys.membarrier_global()
-            return self._read_and_zero(retired)
+        except OSError as e:
+            self._grace_error = e
+        self.last_grace_ms = (time.monotonic() - t0) * 1e3
+
+    def finish(self) -> EntryTable:
+        """After begin(): waits for the grace period, then reads and zeroes the retired half."""
+        if self.grace == "membarrier":
+            self._waiter.join()
+            if self._grace_error is None:
+                return self._read_and_zero(self._retired)
+            # Refused after all (the query said yes): from now on the retired half is read one interval
+            # later; this one is read at the next drain, so nothing is lost.
+            self._grace_error, self.grace, self._pending = None, "interval", self._retired
+            return EntryTable.empty()
         out = self._read_and_zero(self._pending) if self._pending is not None else EntryTable.empty()
         self._pending = self._flip()
         return out
@@ -431,6 +462,9 @@ class MapReader:
         # Health first: a frame counted after this read shows up in the next interval's health too, so
         # per-target sums never run ahead of the health totals.
         health = self.read_health()
+        if self.fast:
+            self.fast.begin()  # the grace period runs while the LRU map is read
         table = self.read_table()
+        fast = self.fast.finish() if self.fast else EntryTable.empty()
         health["map_read_grown"], health["map_read_cut_short"] = self.read_grown, self.read_cut_short
-        return Snapshot(time.monotonic(), None, health, table=table, fast=self.read_fast())
+        return Snapshot(time.monotonic(), None, health, table=table, fast=fast)

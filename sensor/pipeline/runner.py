@@ -122,7 +122,7 @@ class Runner:
                 next_tick = time.monotonic() + self.opts.interval
 
     def poll(self) -> Interval:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         now = time.time()
         snap = self.reader.snapshot()
         iv = self.aggregator.update(snap)
@@ -137,7 +137,12 @@ class Runner:
         self._check_interfaces(now)
         self._check_hooks(now)
         poll_ms = (time.monotonic() - t0) * 1000
-        self.emit(events.health_event(self.health_fields(iv, poll_ms), now, self.opts.hostname))
+        h = self.health_fields(iv, poll_ms)
+        # CPU the poll itself used: a poll_duration_ms far above it is time spent waiting (for a core taken
+        # by softirq/traffic, for the fast path's grace period), not work (docs/benchmarks.md).
+        h["poll_cpu_ms"] = round((time.thread_time() - c0) * 1000, 3)
+        h["poll_grace_ms"] = round(self.reader.fast.last_grace_ms, 3) if self.reader.fast else 0.0
+        self.emit(events.health_event(h, now, self.opts.hostname))
         return iv
 
     def _read_if_stats(self) -> dict[int, tuple[int, int]]:

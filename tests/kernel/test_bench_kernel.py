@@ -37,7 +37,7 @@ def test_userspace_smoke() -> None:
     from bench import userspace
 
     for shape, targets in (("targets", 200), ("pairs", 4)):
-        r = userspace.child(200, shape, intervals=2)
+        r = userspace.child(200, shape, intervals=2, peers=2)
         assert len(r["rounds"]) == 4 and r["hwm_kb"] > 0 and r["all_windows"] == targets
         assert [x["changed"] for x in r["rounds"]] == [False, True, False, True]
         for rnd in r["rounds"]:
@@ -45,6 +45,7 @@ def test_userspace_smoke() -> None:
             # LRU map and fast-path rows too)
             assert (rnd["windows"], rnd["requests"]) == (targets, 200) and rnd["entries"] >= 200
             assert rnd["chosen"] == min(20, targets)
+            assert rnd["verdict_ms"] >= 0 and rnd["bytes"] > 0 and rnd["cpu_ms"] > 0
     mem = userspace.kernel_memory()
     counts = next(m for m in mem if m["name"] == "arp_counts")
     # the formula matches this kernel's own accounting up to the fixed map header

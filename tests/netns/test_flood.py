@@ -190,7 +190,11 @@ def test_spoofed_target_flood(veth_pair, sensor, tmp_path):
     assert not lopsided, lopsided
     assert all(sum(c) > 0.5 * REAL_PPS / len(REAL) * len(flood_ivs) for c in real_counts.values()), real_counts
     polls = [h["poll_duration_ms"] for _, h in flood_ivs]
-    print(f"flood: poll ms min {min(polls):.0f} max {max(polls):.0f}; intervals s "
+    cpu = [h["poll_cpu_ms"] for _, h in flood_ivs]
+    grace = [h["poll_grace_ms"] for _, h in flood_ivs]
+    print(f"flood: poll ms min {min(polls):.0f} max {max(polls):.0f} median {sorted(polls)[len(polls) // 2]:.0f}; "
+          f"poll CPU ms min {min(cpu):.0f} max {max(cpu):.0f} median {sorted(cpu)[len(cpu) // 2]:.0f}; grace ms "
+          f"median {sorted(grace)[len(grace) // 2]:.0f} max {max(grace):.0f}; intervals s "
           f"{[h['interval_s'] for _, h in flood_ivs]}")
     print(f"flood: map memory {memory[0]}; entries_live max {max(h['entries_live'] for _, h in ivs)}")
     print(f"flood: {len(flood_ivs)} intervals, {total_requests} requests, {total_inserts} inserts, "
