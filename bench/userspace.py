@@ -115,7 +115,7 @@ def child(n: int, shape: str, intervals: int, with_perf: bool = False, peers: in
     from sensor.kernel.datapath import Datapath
     from sensor.kernel.layout import DEFAULT_MAX_ENTRIES
     from sensor.kernel.reader import EntryTable, MapReader, Snapshot
-    from sensor.outputs.encode import encode_json
+    from sensor.outputs.wire import encode_json
     from sensor.peers import peer_fields
     from sensor.pipeline.aggregate import Aggregator, select
     from sensor.pipeline.detect import VerdictEngine
