@@ -61,9 +61,14 @@ class _Sorted:
 
     def __init__(self, t: EntryTable) -> None:
         w = _words(t)
-        h = w[:, 0] * _M1
-        for j in range(1, 6):
-            h = (h ^ w[:, j]) * _M2
+        # Each round folds the product's high half down: a multiply alone carries bits only upwards, so
+        # keys differing in the high halves of words (IPv4 addresses sit there) would share a hash, and the
+        # exact-match fallback in previous() is a Python loop.
+        h = np.zeros(len(w), dtype=_U64)
+        for j in range(6):
+            h = (h ^ w[:, j]) * _M1
+            h ^= h >> _U64(32)
+        h *= _M2
         order = np.argsort(h)
         self.sel = order  # table index of each sorted entry
         self.h, self.w = h[order], w[order]
