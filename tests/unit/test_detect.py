@@ -365,3 +365,13 @@ def test_window_list_and_plain_windows_give_the_same_verdicts():
         assert fast.verdicts() == plain.verdicts()
     assert fast.verdicts()[DEAD] == ZOMBIE and list(fast.verdicts().values()).count(UNANSWERED) == 4
     assert fast.verdict("198.19.0.5") == HEALTHY and fast.suppressed == plain.suppressed > 0
+
+
+def test_own_address_is_never_unanswered():
+    """With --attach xdp our own replies are never seen: an address of this host, asked for and never
+    answered on the wire, stays healthy; any other address in the same storm becomes unanswered-target."""
+    me, ghost = "198.18.0.4", "198.18.0.5"
+    eng, book = VerdictEngine(window_s=W, own={me}.__contains__), Book()
+    evs = run(eng, book, 0, 25, lambda t: [win(me, 3), win(ghost, 3)])
+    assert [(e["arp_sensor"]["verdict"], e["destination"]["ip"]) for _, e in evs] == [(UNANSWERED, ghost)]
+    assert eng.verdict(me) == HEALTHY
