@@ -10,17 +10,22 @@ the alternatives that would close the gap, measured the same way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from bench.report import machine, median, table, write_section
 from sensor.kernel import bpfsys
 from tests.support import frames as F
 
-EMPTY_XDP = b"int empty_xdp(struct xdp_md *ctx) { return XDP_PASS; }"
+BENCH_BPF = Path(__file__).resolve().parent / "bpf"
+EMPTY_XDP = BENCH_BPF / "empty_xdp.c"  # the floor every ratio is taken against
+VARIANTS_C = BENCH_BPF / "variants.c"
 LINE_RATE_10G_NS = 1e9 / 14.88e6  # 64-byte frames at 10 GbE: 67.2 ns per frame
 
 FRAMES = {
@@ -43,167 +48,6 @@ LIMIT_ROWS = (LIMIT_EMPTY, LIMIT_OTHER, LIMIT_HIT)
 TARGETS = {"non-ARP": 1.05, "ARP": 1.5, "ND": 1.5}  # ND: no target of its own; held to the ARP path's
 FILLS = (1, 10_000, 100_000)
 
-# The ARP-request path rebuilt step by step, and the alternatives. Each is a complete XDP program; the
-# parser mirrors ours (ethertype, bounds, hrd/pro/hln/pln, op, sender/target copied out).
-VARIANTS_SRC = r"""
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-
-struct vkey { u32 ifindex; u32 ip; u32 peer; u16 vlan; u8 dir; u8 kind; };
-struct vval { u64 count; u64 first_seen_ns; };
-BPF_TABLE("lru_percpu_hash", struct vkey, struct vval, m_lru, VMAX);
-BPF_TABLE("percpu_hash", struct vkey, struct vval, m_phash, VMAX);
-BPF_TABLE("lru_percpu_hash", u32, struct vval, m_lru4, VMAX);
-BPF_PERCPU_ARRAY(v_health, struct vval, 1);
-BPF_PERCPU_ARRAY(m_direct, struct vval, 65536);
-
-static __always_inline int parse(struct xdp_md *ctx, struct vkey *k)
-{
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_ARP))
-        return 0;
-    u8 *a = (u8 *)(eth + 1);
-    if ((void *)(a + 28) > end)
-        return 0;
-    if (a[0] != 0 || a[1] != 1 || a[2] != 8 || a[3] != 0 || a[4] != 6 || a[5] != 4)
-        return 0;
-    __builtin_memcpy(&k->peer, a + 14, 4);
-    __builtin_memcpy(&k->ip, a + 24, 4);
-    k->ifindex = ctx->ingress_ifindex;
-    k->kind = a[7] == 1 ? 0 : 1;
-    return 1;
-}
-
-static __always_inline void bump_health(void)
-{
-    u32 zero = 0;
-    struct vval *h = v_health.lookup(&zero);
-    if (h)
-        h->count += 1;
-}
-
-int v_ethertype(struct xdp_md *ctx)
-{
-    /* The least any program that looks for ARP must do: bounds-check the Ethernet header and compare
-       the ethertype. What every non-ARP frame costs at the very minimum. */
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end)
-        return XDP_PASS;
-    return eth->h_proto == bpf_htons(ETH_P_ARP) ? XDP_DROP : XDP_PASS;
-}
-
-int v_parse(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    /* The comparison keeps the parse from being optimised away; no frame matches it. */
-    if (parse(ctx, &k) && (k.ip ^ k.peer) == 0xdeadbeef)
-        return XDP_DROP;
-    return XDP_PASS;
-}
-
-int v_parse_health(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    if (parse(ctx, &k)) {
-        bump_health();
-        if ((k.ip ^ k.peer) == 0xdeadbeef)
-            return XDP_DROP;
-    }
-    return XDP_PASS;
-}
-
-int v_call(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    if (parse(ctx, &k)) {
-        bump_health();
-        /* One call into a trivial kernel function: the price of a call and its return here. */
-        if ((k.ip ^ k.peer ^ bpf_get_numa_node_id()) == 0xdeadbeef)
-            return XDP_DROP;
-    }
-    return XDP_PASS;
-}
-
-int v_lru(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    if (parse(ctx, &k)) {
-        bump_health();
-        struct vval *v = m_lru.lookup(&k);
-        if (v) {
-            v->count += 1;
-        } else {
-            struct vval init = { .count = 1 };
-            m_lru.update(&k, &init);
-        }
-    }
-    return XDP_PASS;
-}
-
-int v_lru_only(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    k.ip = 0x0700000a;
-    struct vval *v = m_lru.lookup(&k);
-    if (v) {
-        v->count += 1;
-    } else {
-        struct vval init = { .count = 1 };
-        m_lru.update(&k, &init);
-    }
-    return XDP_PASS;
-}
-
-int v_lru4(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    if (parse(ctx, &k)) {
-        bump_health();
-        u32 ip = k.ip;
-        struct vval *v = m_lru4.lookup(&ip);
-        if (v) {
-            v->count += 1;
-        } else {
-            struct vval init = { .count = 1 };
-            m_lru4.update(&ip, &init);
-        }
-    }
-    return XDP_PASS;
-}
-
-int v_phash(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    if (parse(ctx, &k)) {
-        bump_health();
-        struct vval *v = m_phash.lookup(&k);
-        if (v) {
-            v->count += 1;
-        } else {
-            struct vval init = { .count = 1 };
-            m_phash.update(&k, &init);
-        }
-    }
-    return XDP_PASS;
-}
-
-int v_direct(struct xdp_md *ctx)
-{
-    struct vkey k = {};
-    if (parse(ctx, &k)) {
-        bump_health();
-        /* Direct-mapped: slot = hash(target, sender); a real design would keep the key in the slot
-           and count collisions. No hashing of a 16-byte key, no bucket walk, no locks. */
-        u32 slot = ((k.ip ^ (k.peer * 2654435761u)) * 2654435761u) >> 16;
-        struct vval *v = m_direct.lookup(&slot);
-        if (v)
-            v->count += 1;
-    }
-    return XDP_PASS;
-}
-"""
 VARIANTS = [
     ("v_parse", "parse only (no map)"),
     ("v_parse_health", "parse + per-CPU array bump (health)"),
@@ -244,45 +88,97 @@ def interleaved(progs: dict[str, int], frame: bytes, repeat: int, runs: int) -> 
     return {p: median(s) for p, s in samples.items()}
 
 
+OURS = "arp-sensor XDP"
+OURS_TC_IN, OURS_TC_EG = "arp-sensor tc ingress", "arp-sensor tc egress"
+LRU_ONLY = "arp-sensor XDP, fast path off (the LRU path)"
+COLLIDING = "arp-sensor XDP, slot taken (collision → LRU)"
+JUDGED = (OURS, COLLIDING)  # the programs the verdicts are about; tc rows and the LRU path are references
+
+
+def _path(dp, reader, fd: int, frame: bytes) -> str:
+    """Runs the frame once and says where the kernel counted it (from the health counters)."""
+    h0 = reader.read_health()
+    bpfsys.prog_test_run(fd, frame)
+    h1 = reader.read_health()
+    moved = [k for k in ("fast_hits", "fast_claims", "fast_collisions") if h1[k] != h0[k]]
+    return {"fast_hits": "fast hit", "fast_claims": "fast claim", "fast_collisions": "collision"}.get(
+        moved[0] if moved else "", "LRU" if h1["arp"] != h0["arp"] or h1.get("nd") != h0.get("nd") else "no map")
+
+
+@contextlib.contextmanager
+def pinned() -> Iterator[None]:
+    """Runs the block on one CPU. BPF_PROG_TEST_RUN runs the program on the calling CPU, and fast-path
+    slots are per CPU: a thread that migrated would find the other CPU's slots in another state (its
+    frame's slot free, or the colliding key absent) and measure another path than the row says."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def measure(repeat: int, runs: int, fills: tuple[int, ...] = FILLS,
             log: Callable[[str], None] = print) -> list[dict]:
+    with pinned():
+        return _measure(repeat, runs, fills, log)
+
+
+def _measure(repeat: int, runs: int, fills: tuple[int, ...], log: Callable[[str], None]) -> list[dict]:
+    """Three builds of the shipped program in one interleaved run against the empty program: as shipped
+    (the measured frames' keys in their fast-path slots: a storm), with the fast path compiled out (the
+    LRU path alone: the program before issue 15, with today's key), and with one slot that another key
+    holds (every frame collides and falls back to the LRU map: what a spoofed flood that has taken every
+    slot makes each frame pay)."""
     from sensor.kernel.loader import bpf_class
 
     BPF = bpf_class()
 
     from sensor.kernel.datapath import Datapath
     from sensor.kernel.layout import ARP_KEY, ARP_VAL
+    from sensor.kernel.reader import MapReader
 
-    empty = BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP)
+    empty = BPF(src_file=str(EMPTY_XDP).encode()).load_func(b"empty_xdp", BPF.XDP)
     # Room for the largest fill with slack: an LRU map starts evicting before it is completely full
     # (per-CPU free lists), and we want N live entries, not N inserts.
     max_entries = max(1024, 1 << (2 * max(fills) - 1).bit_length())
     dp = Datapath(max_entries=max_entries)
-    map_fd = dp.map_fds[0]
-    progs = {"empty XDP": empty.fd, "arp-sensor XDP": dp.fn_xdp.fd, "arp-sensor tc ingress": dp.fn_tc_in.fd,
-             "arp-sensor tc egress": dp.fn_tc_eg.fd}
+    off = Datapath(max_entries=max_entries, fast_slots=0)
+    col = Datapath(max_entries=max_entries, fast_slots=1)
+    readers = {d: MapReader(d.maps, max_entries) for d in (dp, off, col)}
+    progs = {"empty XDP": empty.fd, OURS: dp.fn_xdp.fd, OURS_TC_IN: dp.fn_tc_in.fd, OURS_TC_EG: dp.fn_tc_eg.fd,
+             LRU_ONLY: off.fn_xdp.fd, COLLIDING: col.fn_xdp.fd}
+    owner = {OURS: dp, OURS_TC_IN: dp, OURS_TC_EG: dp, LRU_ONLY: off, COLLIDING: col}
     rows = []
     filled = 0
     for fill in sorted(fills):
         # The measured frames create their own entries on their first run; the rest are distinct pairs.
         t0 = time.monotonic()
-        prefill(dp.fn_xdp.fd, filled, max(0, fill - 1))
+        for d in (dp, off, col):
+            prefill(d.fn_xdp.fd, filled, max(0, fill - 1))
         filled = max(filled, fill - 1)
-        for frame in FRAMES.values():  # their own entries, so `live` counts what the runs below see
-            for fd in progs.values():
-                bpfsys.prog_test_run(fd, frame)
-        live = map_entries(map_fd, ARP_KEY.size, ARP_VAL.size, max_entries)
-        log(f"prog_cost: {live} entries in the map ({time.monotonic() - t0:.1f} s to fill)")
+        # A fresh epoch, as after a flip: the measured frames claim their slots on their first run (the fill
+        # frames claimed slots of the old half). The one slot of `col` goes to a key nobody measures.
+        for r in readers.values():
+            r.read_fast()
+        bpfsys.prog_test_run(col.fn_xdp.fd, _fill_frame(filled + 1))
+        paths = {(fname, pname): _path(owner[pname], readers[owner[pname]], fd, frame)
+                 for fname, frame in FRAMES.items() for pname, fd in progs.items() if pname in owner}
+        live = map_entries(off.maps.counts, ARP_KEY.size, ARP_VAL.size, max_entries)
+        log(f"prog_cost: {live} entries in the LRU map ({time.monotonic() - t0:.1f} s to fill)")
         for fname, frame in FRAMES.items():
             if fill != min(fills) and fname not in ARP_FRAMES:
                 continue  # non-ARP frames touch no map: the fill cannot matter to them
             ns = interleaved(progs, frame, repeat, runs)
             base = ns["empty XDP"]
             for pname in progs:
+                # The steady path: where the second and later runs of this frame were counted.
+                path = paths.get((fname, pname), "")
+                path = {"fast claim": "fast hit"}.get(path, path)
                 rows.append({"fill": fill, "entries": live, "frame": fname, "program": pname, "ns": ns[pname],
-                             "ratio": ns[pname] / base if base else float("nan")})
-    rows += measure_limits(dp, progs, repeat, runs, max(fills), map_entries(map_fd, ARP_KEY.size, ARP_VAL.size,
-                                                                            max_entries))
+                             "ratio": ns[pname] / base if base else float("nan"), "path": path})
+    core = {p: progs[p] for p in ("empty XDP", OURS, OURS_TC_IN, OURS_TC_EG)}
+    rows += measure_limits(dp, core, repeat, runs, max(fills), live)
     return rows
 
 
@@ -327,8 +223,8 @@ def measure_variants(repeat: int, runs: int, fill: int) -> list[dict]:
     BPF = bpf_class()
 
     vmax = max(1024, 1 << (2 * fill - 1).bit_length())
-    b = BPF(text=VARIANTS_SRC.encode(), cflags=[f"-DVMAX={vmax}"])
-    progs = {"empty XDP": BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP).fd}
+    b = BPF(src_file=str(VARIANTS_C).encode(), cflags=[f"-DVMAX={vmax}"])
+    progs = {"empty XDP": BPF(src_file=str(EMPTY_XDP).encode()).load_func(b"empty_xdp", BPF.XDP).fd}
     for fn, _label in VARIANTS:
         progs[fn] = b.load_func(fn.encode(), BPF.XDP).fd
     for fn in ("v_lru", "v_lru4", "v_phash"):
@@ -353,8 +249,8 @@ def measure_nonarp(repeat: int, runs: int, ours_fd: int | None = None) -> list[d
 
     from sensor.kernel.datapath import Datapath
 
-    b = BPF(text=VARIANTS_SRC.encode(), cflags=["-DVMAX=1024"])
-    progs = {"empty XDP": BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP).fd,
+    b = BPF(src_file=str(VARIANTS_C).encode(), cflags=["-DVMAX=1024"])
+    progs = {"empty XDP": BPF(src_file=str(EMPTY_XDP).encode()).load_func(b"empty_xdp", BPF.XDP).fd,
              "v_ethertype": b.load_func(b"v_ethertype", BPF.XDP).fd}
     dp = None
     if ours_fd is None:
@@ -399,40 +295,58 @@ def xlated_info(progs: dict[str, int]) -> dict[str, dict]:
     return out
 
 
+STRETCH_ARP = 1.3
+NOISE = 0.05  # "no slower": within 5% of the LRU path in the same run (run-to-run spread on this VM)
+
+
 def render(rows: list[dict], variants: list[dict], repeat: int, runs: int, vfill: int,
-           nonarp: list[dict] | None = None) -> str:
+           nonarp: list[dict] | None = None, load: str = "") -> str:
     fills = sorted({r["fill"] for r in rows})
     lines = [
         "## Per-packet cost of the kernel program",
         "",
         f"`python -m bench.prog_cost` — BPF_PROG_TEST_RUN, {repeat:,} repetitions per run, median of {runs} runs, "
         "programs interleaved run by run. Baseline: an empty XDP program (`return XDP_PASS`) in the same run. "
-        "The map is pre-filled through the program itself (one test run per distinct target/sender pair); "
-        "`fill` 1 means only the measured frames' own entries are in it. "
-        "Targets: non-ARP ≤ 1.05× empty, ARP ≤ 1.5× empty (judged on the XDP program; tc rows for reference), "
-        f"and ≤ {LINE_RATE_10G_NS:.1f} ns/frame (14.88 Mpps, 10 GbE line rate with 64-byte frames) per core.",
+        "The LRU map is pre-filled through each program itself (one test run per distinct target/sender "
+        "pair); `fill` 1 means only the measured frames' own entries are in it. Three builds of the shipped "
+        f"program: `{OURS}` as shipped (the measured frame's key sits in its fast-path slot, as a storm's "
+        f"keys do: `path` fast hit), `{LRU_ONLY}` (`--fast-slots 0`: every frame does the LRU hash lookup, "
+        f"what every ARP frame cost before the fast path), and `{COLLIDING}` (`--fast-slots 1` with the slot "
+        "held by another key: every frame pays the slot check and then the LRU lookup — what each frame of a "
+        "spoofed flood that has taken every slot pays). "
+        f"Targets: ARP ≤ 1.5× empty (stretch {STRETCH_ARP}×) at every fill, non-ARP ≤ 1.05× (judged on "
+        f"`{OURS}`; tc rows for reference); the collision path no slower than the LRU path in the same run "
+        f"(within {NOISE:.0%}); and ≤ {LINE_RATE_10G_NS:.1f} ns/frame (14.88 Mpps, 10 GbE line rate with "
+        "64-byte frames) per core.",
         f"The last rows are the rate-limit path (docs/ratelimit.md): `{LIMIT_EMPTY}` is the default (no "
         f"limits: one array read per request), `{LIMIT_OTHER}` a host limiting dead peers while asking for a "
         f"live one (a hash miss), `{LIMIT_HIT}` a request for a limited target (hash hit, spin lock, bucket).",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}." + (f" Load while measuring: {load}." if load else ""),
         "",
     ]
+    lru = {(r["fill"], r["frame"]): r["ns"] for r in rows if r["program"] == LRU_ONLY}
     body = []
     for r in rows:
         kind = "non-ARP" if "non-ARP" in r["frame"] else "ND" if "(ND)" in r["frame"] else "ARP"
         verdict = ""
         if r.get("limit"):
-            verdict = "rate-limit path, not judged" if r["program"] == "arp-sensor XDP" else ""
-        elif r["program"] == "arp-sensor XDP":
+            verdict = "rate-limit path, not judged" if r["program"] == OURS else ""
+        elif r["program"] == OURS:
             target = TARGETS[kind]
             rv = "met" if r["ratio"] <= target else "missed"
+            if kind == "ARP":
+                rv += f", stretch {STRETCH_ARP}×: {'met' if r['ratio'] <= STRETCH_ARP else 'missed'}"
             lv = "met" if r["ns"] <= LINE_RATE_10G_NS else "missed"
             verdict = f"ratio ≤ {target}×: **{rv}**; line rate: {lv}"
+        elif r["program"] == COLLIDING and (r["fill"], r["frame"]) in lru and kind == "ARP":
+            d = r["ns"] - lru[(r["fill"], r["frame"])]
+            ok = r["ns"] <= lru[(r["fill"], r["frame"])] * (1 + NOISE)
+            verdict = f"vs the LRU path: {d:+.1f} ns, **{'met' if ok else 'missed'}**"
         mpps = 1e3 / r["ns"] if r["ns"] else float("inf")
         fill = f"{r['fill']:,} ({r['entries']:,} live)" if len(fills) > 1 else f"{r['fill']:,}"
-        body.append([fill, r["frame"], r["program"], f"{r['ns']:.1f}", f"{r['ratio']:.2f}×", f"{mpps:.1f}",
-                     verdict])
-    lines.append(table(["fill", "frame", "program", "ns/packet", "vs empty", "Mpps/core", "target"], body))
+        body.append([fill, r["frame"], r["program"], r.get("path", ""), f"{r['ns']:.1f}", f"{r['ratio']:.2f}×",
+                     f"{mpps:.1f}", verdict])
+    lines.append(table(["fill", "frame", "program", "path", "ns/packet", "vs empty", "Mpps/core", "target"], body))
     lines += ["", *summary(rows), ""]
     if variants:
         lines += where_the_time_goes(variants, vfill)
@@ -442,18 +356,29 @@ def render(rows: list[dict], variants: list[dict], repeat: int, runs: int, vfill
 
 
 def summary(rows: list[dict]) -> list[str]:
-    out = ["**Verdicts** (arp-sensor XDP, worst case over the fills):", ""]
+    out = [f"**Verdicts** ({OURS}, worst case over the fills):", ""]
     for kind, target in TARGETS.items():
-        mine = [r for r in rows if r["program"] == "arp-sensor XDP" and not r.get("limit")
+        mine = [r for r in rows if r["program"] == OURS and not r.get("limit")
                 and ("non-ARP" in r["frame"]) == (kind == "non-ARP") and ("(ND)" in r["frame"]) == (kind == "ND")]
         if not mine:
             continue
         worst = max(mine, key=lambda r: r["ratio"])
         slowest = max(mine, key=lambda r: r["ns"])
-        out.append(f"- {kind} ≤ {target}× empty: **{'met' if worst['ratio'] <= target else 'missed'}** "
+        stretch = (f" (stretch {STRETCH_ARP}×: **{'met' if worst['ratio'] <= STRETCH_ARP else 'missed'}**)"
+                   if kind == "ARP" else "")
+        out.append(f"- {kind} ≤ {target}× empty: **{'met' if worst['ratio'] <= target else 'missed'}**{stretch} "
                    f"(worst {worst['ratio']:.2f}×, {worst['frame']}, fill {worst['fill']:,}); "
                    f"≥ 14.88 Mpps/core: **{'met' if slowest['ns'] <= LINE_RATE_10G_NS else 'missed'}** "
                    f"(slowest {slowest['ns']:.1f} ns = {1e3 / slowest['ns']:.1f} Mpps).")
+    lru = {(r["fill"], r["frame"]): r["ns"] for r in rows if r["program"] == LRU_ONLY}
+    col = [(r, r["ns"] - lru[(r["fill"], r["frame"])], r["ns"] / lru[(r["fill"], r["frame"])])
+           for r in rows if r["program"] == COLLIDING and (r["fill"], r["frame"]) in lru
+           and "non-ARP" not in r["frame"]]
+    if col:
+        worst, d, q = max(col, key=lambda x: x[2])
+        out.append(f"- Collision / fallback no slower than the LRU path (within {NOISE:.0%}): "
+                   f"**{'met' if q <= 1 + NOISE else 'missed'}** (worst {d:+.1f} ns, {q:.3f}×, {worst['frame']}, "
+                   f"fill {worst['fill']:,}).")
     return out
 
 
@@ -531,18 +456,27 @@ def where_the_time_goes(variants: list[dict], vfill: int) -> list[str]:
                 "the key size or the LRU bookkeeping matters here as well as the call and the walk, "
                 "but neither alone brings the lookup under the budget. ") + "So **no parser tweak can reach 1.5× "
             "while each ARP frame does a hash-map lookup**: the lookup alone is "
-            f"{lru / budget:.1f}× the budget. What would close the gap is to count without a hash-map call: "
-            f"a direct-mapped per-CPU array indexed by a multiplicative hash of (target, sender) costs "
-            f"{ns['v_direct']:.1f} ns ({by['v_direct']['ratio']:.2f}×; the lookup is inlined), at the price of "
-            "collisions — keep the key in the slot, count collisions in health, and fall back to the LRU "
-            "hash only for a colliding key, so the common storm case (few targets) never calls into the "
-            f"hash table. Against the absolute line-rate budget ({LINE_RATE_10G_NS:.1f} ns per 64-byte frame "
-            f"at 10 GbE) our ARP path at {ns['v_lru']:.1f} ns "
-            + ("fits on one core of this machine." if fits else
-               "does not fit on one core of this machine, while the direct-mapped array "
-               + ("would." if ns["v_direct"] <= LINE_RATE_10G_NS else "would not either.")),
+            f"{lru / budget:.1f}× the budget. A direct-mapped per-CPU array indexed by a multiplicative hash "
+            f"costs {ns['v_direct']:.1f} ns ({by['v_direct']['ratio']:.2f}×; the lookup is inlined), and that "
+            "is what the shipped program now does first (its fast path, docs/architecture.md): the key sits "
+            "in the slot, a colliding key falls back to the LRU hash, so the common storm case (few keys) "
+            f"never calls into the hash table — the `{OURS}` rows above, fast hit. Against the absolute "
+            f"line-rate budget ({LINE_RATE_10G_NS:.1f} ns per 64-byte frame at 10 GbE) the LRU path at "
+            f"{ns['v_lru']:.1f} ns " + ("fits on one core of this machine." if fits else
+                                      "does not fit on one core of this machine; the fast path does "
+                                      "(see the verdicts above)."),
         ]
     return lines
+
+
+def load_note() -> str:
+    """How busy the machine was: load averages against the CPU count (the cores are shared)."""
+    try:
+        with open("/proc/loadavg") as f:
+            one, five, _fifteen = f.read().split()[:3]
+    except OSError:
+        return ""
+    return f"load average {one} (1 min), {five} (5 min) on {os.cpu_count()} CPUs"
 
 
 def _vuln(name: str) -> str:
@@ -569,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     vfill = max(fills)
     variants = [] if a.no_variants else measure_variants(a.repeat, a.runs, vfill)
     nonarp = [] if a.no_variants else measure_nonarp(a.repeat, a.runs)
-    text = render(rows, variants, a.repeat, a.runs, vfill, nonarp)
+    text = render(rows, variants, a.repeat, a.runs, vfill, nonarp, load=load_note())
     print(text)
     if not a.no_write:
         write_section("prog_cost", text)

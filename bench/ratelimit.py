@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.prog_cost import EMPTY_XDP
 from bench.report import machine, median, table, write_section
 from sensor.kernel import bpfsys
 from tests.support import frames as F
 
 REPO = Path(__file__).resolve().parent.parent
-EMPTY_XDP = b"int empty_xdp(struct xdp_md *ctx) { return XDP_PASS; }"
 TARGET = "198.18.0.7"
 LO = 1  # test runs happen on the namespace's loopback device
 
@@ -54,7 +54,7 @@ def measure_cost(repeat: int, runs: int) -> list[dict]:
     from sensor.kernel.layout import BPF_DIR, DIR_EGRESS, DIR_INGRESS, LIMIT_F_DRY_RUN, PROG_TC_EG, PROG_XDP, PROGRAM
     from sensor.kernel.limitmap import NS, LimitKey, LimitMap, LimitVal
 
-    empty = BPF(text=EMPTY_XDP).load_func(b"empty_xdp", BPF.XDP)
+    empty = BPF(src_file=str(EMPTY_XDP).encode()).load_func(b"empty_xdp", BPF.XDP)
     bare = BPF(src_file=str(PROGRAM).encode(), cflags=[f"-I{BPF_DIR}", "-DARP_SENSOR_NO_LIMITS"])
     dp = Datapath(max_entries=1024)
     progs = {

@@ -86,6 +86,9 @@ struct nd_opt_ll_s {
 BPF_TABLE("lru_percpu_hash", struct arp_key, struct arp_val, arp_counts, ARP_SENSOR_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct nd_key, struct arp_val, nd_counts, ARP_SENSOR_MAX_ENTRIES);
 BPF_PERCPU_ARRAY(health, struct health_counters, 1);
+/* 2 x slots entries (at least 2: a map cannot be empty, and --fast-slots 0 still declares it). */
+BPF_PERCPU_ARRAY(arp_fast, struct arp_fast_slot, ARP_SENSOR_FAST_SLOTS ? 2 * ARP_SENSOR_FAST_SLOTS : 2);
+BPF_ARRAY(fast_epoch, struct fast_epoch, 1);
 BPF_HASH(limits, struct limit_key, struct limit_val, ARP_SENSOR_MAX_LIMITS);
 BPF_ARRAY(limits_active, struct limits_active, 1);
 
@@ -149,6 +152,72 @@ static __always_inline void count_nd(struct nd_key *key, struct health_counters 
 		v->count += 1;
 	else
 		h->nd_insert_fail += 1;
+}
+
+/* The fast path, shared by both families (struct arp_key, struct nd_key: whole 8-byte words, kept
+ * 8-byte aligned on the stack by the callers). Array lookups are inlined by the verifier (per-CPU ones
+ * on kernels >= 6.10), so a hit costs a multiply per key word and a compare per key word: no call. */
+
+#define FAST_MUL 0x9E3779B97F4A7C15ULL
+
+/* Index of the key's slot in the current half: a multiplicative hash of the key's words. A multiply
+ * carries a bit only upwards, so each round folds the high half back down: without it, keys that differ
+ * only in high bits of a word (the last octet of an IP, dir, kind) would all share one slot. */
+static __always_inline __u32 fast_index(const __u64 *key, const int words)
+{
+	__u32 zero = 0;
+	struct fast_epoch *ep = fast_epoch.lookup(&zero);
+	__u64 x = 0;
+
+	if (!ep)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < words; i++) {
+		x = (x ^ key[i]) * FAST_MUL;
+		x ^= x >> 32;
+	}
+	return (ep->half & 1) * ARP_SENSOR_FAST_SLOTS + ((__u32)((x * FAST_MUL) >> 32) & (ARP_SENSOR_FAST_SLOTS - 1));
+}
+
+/* Counts the frame in `slot` (words key words, then count, then first_seen_ns) when the slot is free
+ * (claim it) or holds this key (hit). Returns 0 when it holds another key: the caller counts the frame
+ * in the LRU map instead. Only this CPU writes its slots, and never in the half user space is reading. */
+static __always_inline int fast_take(__u64 *slot, const __u64 *key, const int words, struct health_counters *h)
+{
+	if (slot[words] == 0) {
+#pragma unroll
+		for (int i = 0; i < words; i++)
+			slot[i] = key[i];
+		slot[words + 1] = bpf_ktime_get_ns();
+		slot[words] = 1;
+		h->fast_claims += 1;
+		return 1;
+	}
+	__u64 diff = 0;
+
+#pragma unroll
+	for (int i = 0; i < words; i++)
+		diff |= slot[i] ^ key[i];
+	if (diff) {
+		h->fast_collisions += 1;
+		return 0;
+	}
+	slot[words] += 1;
+	h->fast_hits += 1;
+	return 1;
+}
+
+/* One ARP frame: its fast-path slot, else the LRU map. */
+static __always_inline void count_arp(struct arp_key *k, struct health_counters *h)
+{
+#if ARP_SENSOR_FAST_SLOTS
+	__u32 idx = fast_index((const __u64 *)k, sizeof(*k) / 8);
+	struct arp_fast_slot *slot = arp_fast.lookup(&idx);
+
+	if (slot && fast_take((__u64 *)slot, (const __u64 *)k, sizeof(*k) / 8, h))
+		return;
+#endif
+	count(k, h);
 }
 
 /* Skips at most VLAN_MAX_DEPTH tags. *vlan gets the outermost VID unless the caller already knows it
@@ -297,7 +366,7 @@ static __always_inline int handle_arp(struct hdr_cursor *nh, void *data, void *d
 		return 0;
 	}
 
-	struct arp_key k = {};
+	struct arp_key k __attribute__((aligned(8))) = {}; /* read as 8-byte words by the fast path */
 
 	k.ifindex = ifindex;
 	k.vlan = vlan;
@@ -336,7 +405,7 @@ static __always_inline int handle_arp(struct hdr_cursor *nh, void *data, void *d
 		k.kind = ARP_KIND_REPLY;
 		k.ip = spa;
 	}
-	count(&k, h);
+	count_arp(&k, h);
 	/* Counted first: a dropped request still shows in the sensor's counts (the verdict that caused
 	 * the limit must not clear because the limit works). */
 #ifndef ARP_SENSOR_NO_LIMITS /* defined only by bench/ratelimit.py, to price the limit path */
@@ -461,8 +530,11 @@ static __always_inline int find_l3(struct hdr_cursor *nh, void *data_end, __u16 
 	__u16 h_proto = *(__u16 *)((__u8 *)eth + 12);
 
 	/* The fast path: every non-ARP, untagged frame leaves here touching no map and not even the
-	 * context (the interface index is read only for ARP and ND); the IPv6 compare sits after the ARP
-	 * one, on the path that already leaves. */
+	 * context (the interface index is read only for ARP and ND). IPv4, by far the most common frame,
+	 * leaves after the first compare (docs/benchmarks.md, "Where the time goes (non-ARP)"); the IPv6
+	 * compare sits after the ARP one, on the path that already leaves. */
+	if (h_proto == bpf_htons(ETH_P_IP))
+		return FRAME_OTHER;
 	if (h_proto == bpf_htons(ETH_P_ARP))
 		return FRAME_ARP;
 	if (proto_is_vlan(h_proto)) {

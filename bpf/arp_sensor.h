@@ -63,6 +63,37 @@ struct nd_key {             /* 48 bytes */
 _Static_assert(sizeof(struct arp_key) == 24, "arp_key: sensor/kernel/layout.py ARP_KEY");
 _Static_assert(sizeof(struct nd_key) == 48, "nd_key: sensor/kernel/layout.py ND_KEY");
 
+/* The fast path (issue 15; docs/architecture.md "Kernel program"): a direct-mapped per-CPU array in
+ * front of each LRU map, so the common case (a storm: few distinct keys) is counted without a hash-map
+ * call. 2 x ARP_SENSOR_FAST_SLOTS slots per CPU, two halves: the program writes only the half that
+ * fast_epoch names; user space flips it, waits out an RCU grace period, then reads and zeroes the
+ * retired half (its counts are that interval's deltas). A slot with count 0 is free; a frame whose
+ * slot holds another key goes to the LRU map, so every frame is counted in exactly one place.
+ * Slots: a power of two (the loader overrides it with -D, --fast-slots); 0 turns the fast path off. */
+#ifndef ARP_SENSOR_FAST_SLOTS
+#define ARP_SENSOR_FAST_SLOTS 1024
+#endif
+_Static_assert((ARP_SENSOR_FAST_SLOTS & (ARP_SENSOR_FAST_SLOTS - 1)) == 0, "fast slots: a power of two");
+
+/* A slot: the key, then its count and when it was claimed (per CPU). Keys are whole 8-byte words. */
+struct arp_fast_slot {      /* 40 bytes */
+	struct arp_key key;
+	__u64 count;
+	__u64 first_seen_ns;
+};
+
+struct nd_fast_slot {       /* 64 bytes */
+	struct nd_key key;
+	__u64 count;
+	__u64 first_seen_ns;
+};
+
+/* fast_epoch[0], written only by user space: which half the programs write. */
+struct fast_epoch {
+	__u32 half;
+	__u32 pad;
+};
+
 /* Per-CPU, cumulative. first_seen_ns is written once, on the CPU that created the entry (BPF_NOEXIST:
  * a second CPU racing to create the same key adds to the first one's entry instead): when user space
  * sees it change, the LRU evicted the entry and it was re-created, so the count restarted. */
@@ -98,6 +129,9 @@ struct health_counters {
 	__u64 nd_ext_hdr;         /* IPv6 whose next header is an extension header: not walked, never counted as ND */
 	__u64 nd_inserts;         /* new nd_counts entries */
 	__u64 nd_insert_fail;
+	__u64 fast_hits;          /* frames counted in a fast-path slot already holding their key */
+	__u64 fast_claims;        /* frames that claimed an empty fast-path slot for their key */
+	__u64 fast_collisions;    /* slot held another key: counted in the LRU map instead */
 };
 
 /* Rate limits (docs/ratelimit.md). User space (sensor/kernel/limitmap.py) owns the entries; the kernel only

@@ -48,12 +48,15 @@ def _log(msg: str) -> None:
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Written once every program is attached: start traffic after it appears.")
 @click.option("--max-entries", type=click.IntRange(256, 1 << 22), default=DEFAULT_MAX_ENTRIES, show_default=True,
-              help="Size of the in-kernel LRU map: one entry per (target, sender) and per replier. "
-                   "Kernel memory is about max-entries x (16 x CPUs + 80) bytes.")
+              help="Size of the in-kernel LRU map: one entry per (target, sender, MAC) and per replier. "
+                   "Kernel memory is about max-entries x (16 x CPUs + 96) bytes.")
+@click.option("--fast-slots", type=click.IntRange(0, 1 << 16), default=None,
+              help="Slots of the kernel's fast path per CPU (a power of two; 0 turns it off; default 1024). "
+                   "Kernel memory is 80 x fast-slots bytes per CPU (two halves of 40-byte slots).")
 @click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
 @stage_options(outputs=True)
 def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,
-        top: int, min_requests: int, ready_file: str | None, max_entries: int,
+        top: int, min_requests: int, ready_file: str | None, max_entries: int, fast_slots: int | None,
         hostname: str | None, **stage_opts: Any) -> None:
     """Count ARP per target in the kernel and stream JSON events.
 
@@ -77,7 +80,7 @@ def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float
 
     opts = RunOptions(interfaces=list(interfaces), attach=attach, xdp_mode=xdp_mode, interval=interval,
                       duration=duration, top=top, min_requests=min_requests, ready_file=ready_file,
-                      max_entries=max_entries)
+                      max_entries=max_entries, fast_slots=fast_slots)
     if hostname:
         opts.hostname = hostname
     check_options(opts)

@@ -103,6 +103,8 @@ class PeerLookup(Protocol):
 
     def get(self, ip: str) -> Peer | None: ...
 
+    def peers(self) -> list[Peer]: ...
+
 
 class VerdictView(Protocol):
     """The verdicts the peer stage keeps (sensor.pipeline.detect.VerdictEngine), as later stages read them."""

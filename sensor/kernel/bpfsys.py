@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import cache
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+_NR_MEMBARRIER = {"x86_64": 324, "aarch64": 283, "armv7l": 389, "riscv64": 283, "ppc64le": 365, "s390x": 356}
+MEMBARRIER_CMD_QUERY, MEMBARRIER_CMD_GLOBAL = 0, 1
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
@@ -26,6 +28,7 @@ BPF_LINK_CREATE = 28
 BPF_LINK_DETACH = 34
 
 BPF_XDP = 37  # enum bpf_attach_type
+BPF_MAP_UPDATE_BATCH = 26
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_F_LOCK = 4  # update/lookup take the value's bpf_spin_lock
@@ -396,3 +399,58 @@ def map_lookup_batch_into(map_fd: int, keys_addr: int, key_size: int, values_add
         total += got
         if got == 0:
             return total, True
+
+
+def array_lookup_batch_into(map_fd: int, start: int, count: int, keys_addr: int, values_addr: int,
+                            value_slot: int) -> int:
+    """BPF_MAP_LOOKUP_BATCH over indexes [start, start + count) of an array map (u32 keys) into
+    caller-owned buffers. The batch token of an array is the last index read, so a read from `start`
+    passes start - 1. Returns how many were read."""
+    token_in, token_out = ctypes.c_uint32(max(start - 1, 0)), ctypes.c_uint32(0)
+    attr = _attr()
+    _put(attr, 0, ctypes.c_uint64, ctypes.addressof(token_in) if start > 0 else 0)
+    _put(attr, 8, ctypes.c_uint64, ctypes.addressof(token_out))
+    _put(attr, 16, ctypes.c_uint64, keys_addr)
+    _put(attr, 24, ctypes.c_uint64, values_addr)
+    _put(attr, 32, ctypes.c_uint32, count)
+    _put(attr, 36, ctypes.c_uint32, map_fd)
+    try:
+        _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+    except BpfError as e:
+        if e.errno != errno.ENOENT:  # ENOENT: the read reached the end of the array
+            raise
+    return _get(attr, 32, ctypes.c_uint32)
+
+
+def map_update_batch(map_fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """BPF_MAP_UPDATE_BATCH of `count` packed keys and values (per-CPU values: every CPU's slot)."""
+    kbuf = ctypes.create_string_buffer(keys, len(keys))
+    vbuf = ctypes.create_string_buffer(values, len(values))
+    attr = _attr()
+    _put(attr, 16, ctypes.c_uint64, ctypes.addressof(kbuf))
+    _put(attr, 24, ctypes.c_uint64, ctypes.addressof(vbuf))
+    _put(attr, 32, ctypes.c_uint32, count)
+    _put(attr, 36, ctypes.c_uint32, map_fd)
+    _bpf(BPF_MAP_UPDATE_BATCH, attr)
+    done = _get(attr, 32, ctypes.c_uint32)
+    if done != count:
+        raise BpfError(errno.EIO, f"map update batch stopped after {done} of {count}")
+
+
+@cache
+def membarrier_global_available() -> bool:
+    """membarrier(MEMBARRIER_CMD_GLOBAL) works here. It is synchronize_rcu(); nohz_full kernels refuse it."""
+    nr = _NR_MEMBARRIER.get(os.uname().machine)
+    if nr is None:
+        return False
+    mask = _libc.syscall(nr, MEMBARRIER_CMD_QUERY, 0, 0)
+    return mask > 0 and bool(mask & MEMBARRIER_CMD_GLOBAL)
+
+
+def membarrier_global() -> None:
+    """Waits for an RCU grace period: every BPF program running when this was called (XDP and tc run
+    inside RCU read-side sections) has returned when it returns."""
+    nr = _NR_MEMBARRIER.get(os.uname().machine)
+    if nr is None or _libc.syscall(nr, MEMBARRIER_CMD_GLOBAL, 0, 0) < 0:
+        err = ctypes.get_errno() if nr is not None else errno.ENOSYS
+        raise BpfError(err, f"membarrier(MEMBARRIER_CMD_GLOBAL): {os.strerror(err)}")

@@ -23,8 +23,18 @@ import tempfile
 from dataclasses import dataclass, field
 
 from sensor.errors import EXIT_CONFLICT, EXIT_ENV, EXIT_USAGE, SensorError
-from sensor.kernel.layout import BPF_DIR, DEFAULT_MAX_ENTRIES, PROG_LIMCTL, PROG_TC_EG, PROG_TC_IN, PROG_XDP, PROGRAM
+from sensor.kernel.layout import (
+    BPF_DIR,
+    DEFAULT_MAX_ENTRIES,
+    PROG_LIMCTL,
+    PROG_TC_EG,
+    PROG_TC_IN,
+    PROG_XDP,
+    PROGRAM,
+    default_fast_slots,
+)
 from sensor.kernel.loader import bpf_class
+from sensor.kernel.reader import MapFds
 from sensor.model import LimitFds
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -55,6 +65,11 @@ def kernel_headers_problem() -> str | None:
         return None
     return (f"kernel headers for {rel} not found ({build}); run `make install` (links Debian's "
             f"linux-headers) or install linux-headers-{rel}")
+
+
+def check_fast_slots(n: int) -> None:
+    if n < 0 or n & (n - 1):
+        raise SensorError(f"--fast-slots {n}: must be 0 or a power of two", EXIT_USAGE)
 
 
 def privileges_problem() -> str | None:
@@ -115,14 +130,17 @@ class HookState:
 class Datapath:
     """The compiled program and its maps; attach/detach per interface."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, fast_slots: int | None = None) -> None:
         problem = privileges_problem() or kernel_headers_problem()
         if problem:
             raise SensorError(problem, EXIT_ENV)
         BPF = bpf_class()
         self._BPF = BPF
         self.max_entries = max_entries
-        cflags = [f"-I{BPF_DIR}", f"-DARP_SENSOR_MAX_ENTRIES={max_entries}"]
+        self.fast_slots = default_fast_slots() if fast_slots is None else fast_slots
+        check_fast_slots(self.fast_slots)
+        cflags = [f"-I{BPF_DIR}", f"-DARP_SENSOR_MAX_ENTRIES={max_entries}",
+                  f"-DARP_SENSOR_FAST_SLOTS={self.fast_slots}"]
         # bcc prints clang's diagnostics on fd 2; keep them for the error line, hide them otherwise.
         with tempfile.TemporaryFile() as errf:
             saved = os.dup(2)
@@ -146,8 +164,10 @@ class Datapath:
 
     # -- maps --------------------------------------------------------------------------------------
     @property
-    def map_fds(self) -> tuple[int, int]:
-        return (self.bpf[b"arp_counts"].map_fd, self.bpf[b"health"].map_fd)
+    def maps(self) -> MapFds:
+        """The counting maps, for sensor.kernel.reader.MapReader."""
+        return MapFds(self.bpf[b"arp_counts"].map_fd, self.bpf[b"health"].map_fd, self.bpf[b"arp_fast"].map_fd,
+                      self.bpf[b"fast_epoch"].map_fd, self.fast_slots, self.nd_map_fd)
 
     @property
     def nd_map_fd(self) -> int:

@@ -32,6 +32,10 @@ ND_KEY = struct.Struct("<IHBB6sBx16s16s")
 ND_KIND_NS, ND_KIND_NA_SOLICITED, ND_KIND_NA_UNSOLICITED, ND_KIND_NS_DAD = 0, 1, 2, 3
 KEY_F_MAC_MISMATCH = 1
 DEFAULT_MAX_ENTRIES = 32768
+# struct arp_fast_slot {struct arp_key key; u64 count, first_seen_ns;}: one per-CPU fast-path slot
+ARP_FAST_SLOT = struct.Struct("<24s2Q")
+# struct fast_epoch {u32 half; u32 pad;}
+FAST_EPOCH = struct.Struct("<I4x")
 
 # struct limit_key {u32 ifindex; u8 dir; u8 family; u8 pad[2]; u8 ip[16];} (IPv4: 4 bytes, then zeros)
 LIMIT_KEY = struct.Struct("<IBB2x16s")
@@ -73,3 +77,8 @@ def header_define(name: str) -> int:
     if not m:
         raise RuntimeError(f"{HEADER}: #define {name} not found")
     return int(m.group(1))
+
+
+def default_fast_slots() -> int:
+    """ARP_SENSOR_FAST_SLOTS as the header defines it (the loader's -D overrides it)."""
+    return header_define("ARP_SENSOR_FAST_SLOTS")

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from sensor.kernel import bpfsys
 from sensor.kernel.layout import (
+    ARP_FAST_SLOT,
     ARP_KEY,
     ARP_VAL,
     FAMILY_IPV4,
     FAMILY_IPV6,
+    FAST_EPOCH,
     KIND_GRATUITOUS,
     KIND_PROBE,
     KIND_REPLY,
@@ -92,15 +96,19 @@ class EntryTable:
     @classmethod
     def from_raw(cls, keys: bytes, vals: bytes, n: int, ncpu: int) -> EntryTable:
         """From a batch read: n packed struct arp_key, n x ncpu per-CPU struct arp_val slots."""
-        k = np.frombuffer(keys, dtype=KEY_DTYPE, count=n)
         slot_words = bpfsys.percpu_value_size(ARP_VAL.size) // 8
         v = np.frombuffer(vals, dtype="<u8", count=n * ncpu * slot_words).reshape(n, ncpu, slot_words)
+        return cls.from_keys(keys, n, v[:, :, 0].sum(axis=1, dtype=np.uint64),
+                             # first_seen_ns is stamped on the creating CPU only: the others hold 0
+                             v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64))
+
+    @classmethod
+    def from_keys(cls, keys: bytes, n: int, count: np.ndarray, first: np.ndarray) -> EntryTable:
+        """n packed struct arp_key and their values."""
+        k = np.frombuffer(keys, dtype=KEY_DTYPE, count=n)
         macw = k["macw"]
         return cls(k["ifindex"].copy(), v4_words(k["ip"]), v4_words(k["peer"]), k["vlan"].copy(), k["dir"].copy(),
-                   k["kind"].copy(),
-                   v[:, :, 0].sum(axis=1, dtype=np.uint64),
-                   # first_seen_ns is stamped on the creating CPU only: the others hold 0
-                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * KEY_DTYPE.itemsize]),
+                   k["kind"].copy(), count, first, bytes(keys[: n * KEY_DTYPE.itemsize]),
                    mac=macw & _MAC_MASK, flags=(macw >> np.uint64(48)).astype(np.uint8))
 
     @classmethod
@@ -133,6 +141,10 @@ class EntryTable:
                    family=np.concatenate([a.family, b.family]))
 
     @classmethod
+    def empty(cls) -> EntryTable:
+        return cls.from_keys(b"", 0, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+
+    @classmethod
     def from_entries(cls, entries: EntryMap) -> EntryTable:
         rows = [(i, addr_words(ip), addr_words(peer), vlan, d, kind, mac_int(mac), flags, c, f)
                 for (i, ip, peer, vlan, d, kind, mac, flags), (c, f) in entries.items()]
@@ -147,13 +159,14 @@ class EntryTable:
         return t
 
     def to_entries(self) -> EntryMap:
-        out: EntryMap = {}
-        for i, ip, peer, vlan, d, kind, mac, flags, c, f in zip(
-                self.ifindex.tolist(), self.ip.tolist(), self.peer.tolist(), self.vlan.tolist(), self.dir.tolist(),
-                self.kind.tolist(), self.mac.tolist(), self.flags.tolist(), self.count.tolist(), self.first.tolist(),
-                strict=True):
-            out[(i, addr_text(*ip), addr_text(*peer), vlan, d, kind, mac_text(mac), flags)] = (c, f)
-        return out
+        return dict(zip(self.to_keys(), zip(self.count.tolist(), self.first.tolist(), strict=True), strict=True))
+
+    def to_keys(self) -> list[EntryKey]:
+        """Each row's EntryKey, in row order (rows may repeat a key: fast-path rows are per CPU)."""
+        return [(i, addr_text(*ip), addr_text(*peer), vlan, d, kind, mac_text(mac), flags)
+                for i, ip, peer, vlan, d, kind, mac, flags in zip(
+                    self.ifindex.tolist(), self.ip.tolist(), self.peer.tolist(), self.vlan.tolist(),
+                    self.dir.tolist(), self.kind.tolist(), self.mac.tolist(), self.flags.tolist(), strict=True)]
 
 
 @lru_cache(maxsize=1 << 16)  # bounded: the IPs come from the wire
@@ -189,18 +202,21 @@ def mac_int(text: str) -> int:
 
 
 class Snapshot:
-    """One read of the maps: `mono` (time.monotonic() when read), `entries` (EntryMap) and `health`.
-    Built either from an EntryMap (tests, tools) or from an EntryTable (the reader); each form is
-    derived from the other on first use."""
+    """One read of the maps: `mono` (time.monotonic() when read), `entries` (EntryMap: the LRU map,
+    cumulative) and `health`, plus `fast`: the fast-path counts of the interval (deltas, one row per
+    CPU and slot, so a key can have several rows and can also be in `entries`). Built either from an
+    EntryMap (tests, tools) or from an EntryTable (the reader); each form is derived from the other on
+    first use."""
 
-    __slots__ = ("_entries", "_table", "health", "mono")
+    __slots__ = ("_entries", "_table", "fast", "health", "mono")
 
     def __init__(self, mono: float, entries: EntryMap | None = None, health: dict[str, int] | None = None,
-                 table: EntryTable | None = None) -> None:
+                 table: EntryTable | None = None, fast: EntryTable | None = None) -> None:
         self.mono = mono
         self.health = health if health is not None else {}
         self._entries = entries if entries is not None or table is not None else {}
         self._table = table
+        self.fast = fast
 
     @property
     def entries(self) -> EntryMap:
@@ -213,6 +229,116 @@ class Snapshot:
         if self._table is None:
             self._table = EntryTable.from_entries(self._entries or {})
         return self._table
+
+
+@dataclass(frozen=True)
+class MapFds:
+    """The counting maps of one loaded program (Datapath.maps)."""
+
+    counts: int  # arp_counts: LRU per-CPU hash, cumulative
+    health: int  # health: per-CPU array, one struct health_counters
+    fast: int  # arp_fast: per-CPU array of 2 x fast_slots struct arp_fast_slot
+    epoch: int  # fast_epoch: array, one struct fast_epoch
+    fast_slots: int  # 0: the fast path is compiled out
+    nd: int | None = None  # nd_counts: the IPv6 neighbour discovery LRU map (its fast path: not yet)
+
+
+class FastDrain:
+    """Takes the fast path's counts out of the kernel once per interval, exactly (docs/architecture.md,
+    "Kernel program"): flip fast_epoch to the other half, wait an RCU grace period
+    (membarrier(MEMBARRIER_CMD_GLOBAL): XDP and tc programs run inside RCU read-side sections, so no
+    program still writes the retired half when it returns), read the retired half of every CPU, zero
+    what was used. Where membarrier GLOBAL is refused (nohz_full kernels), the retired half is read one
+    interval later instead (`grace` says which)."""
+
+    def __init__(self, fast_fd: int, epoch_fd: int, slots: int) -> None:
+        self.fast_fd, self.epoch_fd, self.slots = fast_fd, epoch_fd, slots
+        self.ncpu = bpfsys.possible_cpus()
+        self.slot_size = bpfsys.percpu_value_size(ARP_FAST_SLOT.size)
+        raw = bpfsys.map_lookup(epoch_fd, ZERO_KEY, FAST_EPOCH.size)
+        self.half = FAST_EPOCH.unpack(raw)[0] & 1 if raw else 0
+        self.grace = "membarrier" if bpfsys.membarrier_global_available() else "interval"
+        self._pending: int | None = None  # grace "interval": the half retired at the previous drain
+        self._retired = 0  # grace "membarrier": the half begin() retired
+        self._waiter: threading.Thread | None = None
+        self._grace_error: OSError | None = None
+        self._kbuf = np.empty(4 * slots, dtype=np.uint8)
+        self._vbuf = np.empty(slots * self.ncpu * self.slot_size, dtype=np.uint8)
+        self.drains = 0
+        self.last_grace_ms = 0.0  # how long the last grace period took (a wait, not CPU)
+
+    def _flip(self) -> int:
+        """Makes the other half current; returns the retired one. The current half is read from the map,
+        not remembered: a second reader of the same maps (a tool, a test) may have flipped it."""
+        raw = bpfsys.map_lookup(self.epoch_fd, ZERO_KEY, FAST_EPOCH.size)
+        old = FAST_EPOCH.unpack(raw)[0] & 1 if raw else self.half
+        self.half = 1 - old
+        bpfsys.map_update(self.epoch_fd, ZERO_KEY, FAST_EPOCH.pack(self.half))
+        return old
+
+    def drain(self) -> EntryTable:
+        """This interval's fast-path counts: one row per (slot, CPU) that counted something."""
+        self.begin()
+        return self.finish()
+
+    def begin(self) -> None:
+        """Flips the epoch and starts the grace period on a helper thread, so the caller can read the LRU
+        map while it runs (the syscall releases the GIL): a poll waits max(grace, read), not their sum."""
+        self.drains += 1
+        if self.grace != "membarrier":
+            return
+        self._retired = self._flip()
+        self._waiter = threading.Thread(target=self._wait, name="arp-sensor-grace", daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        t0 = time.monotonic()
+        try:
+            bpfsys.membarrier_global()
+        except OSError as e:
+            self._grace_error = e
+        self.last_grace_ms = (time.monotonic() - t0) * 1e3
+
+    def finish(self) -> EntryTable:
+        """After begin(): waits for the grace period, then reads and zeroes the retired half."""
+        if self.grace == "membarrier":
+            self._waiter.join()
+            if self._grace_error is None:
+                return self._read_and_zero(self._retired)
+            # Refused after all (the query said yes): from now on the retired half is read one interval
+            # later; this one is read at the next drain, so nothing is lost.
+            self._grace_error, self.grace, self._pending = None, "interval", self._retired
+            return EntryTable.empty()
+        out = self._read_and_zero(self._pending) if self._pending is not None else EntryTable.empty()
+        self._pending = self._flip()
+        return out
+
+    def _read_and_zero(self, half: int) -> EntryTable:
+        s, ncpu = self.slots, self.ncpu
+        n = bpfsys.array_lookup_batch_into(self.fast_fd, half * s, s, self._kbuf.ctypes.data,
+                                           self._vbuf.ctypes.data, ncpu * self.slot_size)
+        words = self.slot_size // 8
+        v = self._vbuf[: n * ncpu * self.slot_size].view("<u8").reshape(n, ncpu, words)
+        count = v[:, :, 3]
+        used = count != 0
+        rows = np.flatnonzero(used.reshape(-1))  # (slot, cpu) in slot order
+        keys = np.ascontiguousarray(v.reshape(-1, words)[rows, :3])
+        table = EntryTable.from_keys(keys.tobytes(), len(rows), count.reshape(-1)[rows].copy(),
+                                     v[:, :, 4].reshape(-1)[rows].copy())
+        slots_used = np.flatnonzero(used.any(axis=1))
+        if len(slots_used):  # nobody writes this half until the next flip
+            idx = (slots_used + half * s).astype("<u4")
+            bpfsys.map_update_batch(self.fast_fd, idx.tobytes(), bytes(len(idx) * ncpu * self.slot_size), len(idx))
+        return table
+
+    def clear(self) -> None:
+        """Zeroes both halves (tests reset the maps between cases)."""
+        idx = np.arange(2 * self.slots, dtype="<u4")
+        bpfsys.map_update_batch(self.fast_fd, idx.tobytes(), bytes(len(idx) * self.ncpu * self.slot_size), len(idx))
+        self._pending = None
+
+
+ZERO_KEY = (0).to_bytes(4, "little")
 
 
 def target_totals(entries: EntryMap) -> dict[TargetKey, tuple[int, int, int, int]]:
@@ -234,18 +360,20 @@ def pair_totals(entries: EntryMap) -> dict[tuple[int, str, str, int, int], int]:
 
 
 class MapReader:
-    """nd_fd: the nd_counts map (IPv6 neighbour discovery), read into the same table as ARP; None reads
+    """maps.nd: the nd_counts map (IPv6 neighbour discovery), read into the same table as ARP; None reads
     ARP only. room: entries the read buffers start with (default: the map's size plus headroom for churn).
     They grow when a read under churn meets more; a read only stops short of the end of the map past
     READ_LIMIT times the map's size (never seen: that many inserts during one read)."""
 
     READ_LIMIT = 16
 
-    def __init__(self, map_fd: int, health_fd: int, max_entries: int, nd_fd: int | None = None,
-                 room: int | None = None) -> None:
-        self.map_fd, self.health_fd, self.max_entries, self.nd_fd = map_fd, health_fd, max_entries, nd_fd
+    def __init__(self, maps: MapFds, max_entries: int, room: int | None = None) -> None:
+        self.map_fd, self.health_fd, self.max_entries = maps.counts, maps.health, max_entries
+        self.nd_fd = maps.nd
         self.ncpu = bpfsys.possible_cpus()
         self.names = health_names()
+        self.fast = FastDrain(maps.fast, maps.epoch, maps.fast_slots) if maps.fast_slots else None
+        self._fast_totals: dict[EntryKey, list[int]] = {}
         self._kbuf: np.ndarray | None = None
         self._vbuf: np.ndarray | None = None
         # Per map (False: ARP, True: ND): [keys, values, room]. Headroom: a read under churn meets entries
@@ -258,7 +386,7 @@ class MapReader:
 
     def read_health(self) -> dict[str, int]:
         fmt = health_struct()
-        raw = bpfsys.map_lookup_percpu(self.health_fd, (0).to_bytes(4, "little"), fmt.size)
+        raw = bpfsys.map_lookup_percpu(self.health_fd, ZERO_KEY, fmt.size)
         totals = [0] * len(self.names)
         slot = bpfsys.percpu_value_size(fmt.size)
         for c in range(self.ncpu if raw else 0):
@@ -299,18 +427,44 @@ class MapReader:
         return memoryview(buf[0])[: ksize * n], memoryview(buf[1])[: slot * n], n
 
     def read_table(self) -> EntryTable:
+        """The LRU maps alone (cumulative counts)."""
         arp = EntryTable.from_raw(*self.read_raw(), self.ncpu)
         if self.nd_fd is None:
             return arp
         return EntryTable.concat(arp, EntryTable.from_nd_raw(*self.read_raw(nd=True), self.ncpu))
 
+    def read_fast(self) -> EntryTable:
+        """The fast path's counts since the previous drain (deltas; empty when compiled out)."""
+        return self.fast.drain() if self.fast else EntryTable.empty()
+
     def read_entries(self) -> EntryMap:
-        return self.read_table().to_entries()
+        """Cumulative counts per key, LRU and fast path summed: a view for tests and tools. It keeps the
+        fast path's running totals in a dict (the runner uses snapshot(), which keeps none)."""
+        out = self.read_table().to_entries()
+        fast = self.read_fast()
+        totals = self._fast_totals
+        for key, c, f in zip(fast.to_keys(), fast.count.tolist(), fast.first.tolist(), strict=True):
+            t = totals.setdefault(key, [0, f])
+            t[0] += c
+            t[1] = min(t[1], f)
+        for key, (c, f) in totals.items():
+            old = out.get(key)
+            out[key] = (old[0] + c, old[1]) if old else (c, f)
+        return out
+
+    def forget_fast_totals(self) -> None:
+        """Tests that empty the maps forget read_entries()'s running fast-path totals too."""
+        self._fast_totals.clear()
+        if self.fast:
+            self.fast.clear()
 
     def snapshot(self) -> Snapshot:
         # Health first: a frame counted after this read shows up in the next interval's health too, so
         # per-target sums never run ahead of the health totals.
         health = self.read_health()
+        if self.fast:
+            self.fast.begin()  # the grace period runs while the LRU map is read
         table = self.read_table()
+        fast = self.fast.finish() if self.fast else EntryTable.empty()
         health["map_read_grown"], health["map_read_cut_short"] = self.read_grown, self.read_cut_short
-        return Snapshot(time.monotonic(), None, health, table=table)
+        return Snapshot(time.monotonic(), None, health, table=table, fast=fast)

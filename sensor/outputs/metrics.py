@@ -89,6 +89,11 @@ _DELTAS: list[tuple[str, str, str, str | None, str | None]] = [
      "Packets dropped while waiting for ARP resolution (initial namespace only).", None, None),
     ("neigh_forced_gc_runs", "arp_sensor_neigh_forced_gc_runs",
      "Forced garbage collections of the neighbour table (above gc_thresh2).", None, None),
+    ("fast_hits", "arp_sensor_fast_path_frames", "ARP frames by where the kernel counted them.", "result", "hit"),
+    ("fast_claims", "arp_sensor_fast_path_frames", "ARP frames by where the kernel counted them.", "result",
+     "claim"),
+    ("fast_collisions", "arp_sensor_fast_path_frames", "ARP frames by where the kernel counted them.", "result",
+     "collision"),
 ]
 # health key -> gauge
 _GAUGES: list[tuple[str, str, str]] = [

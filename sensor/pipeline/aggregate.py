@@ -10,12 +10,13 @@ milliseconds, docs/benchmarks.md), and TargetWindow objects are built only when 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
 
-from sensor.kernel.layout import DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
+from sensor.kernel.layout import DIR_EGRESS, DIRECTIONS, KIND_GRATUITOUS, KIND_PROBE, KIND_REPLY, KIND_REQUEST
 from sensor.kernel.reader import EntryTable, Snapshot, addr_text, ip_text, is_v4
 from sensor.model import ActiveEntries, Interval, TargetWindow, WindowKey
 
@@ -41,22 +42,33 @@ def _ip_text_rank(ip: np.ndarray, text=ip_text) -> np.ndarray:
     return np.unique(texts, return_inverse=True)[1].reshape(-1).astype(_U64)
 
 
-class _Sorted:
-    """A snapshot's entries ordered by key hash: what the next interval's deltas are matched against.
-    w holds each key as six u64 words: (ifindex, vlan, dir, kind), ip (2 words), peer (2 words),
+def _words(t: EntryTable) -> np.ndarray:
+    """Each key as six u64 words: (ifindex, vlan, dir, kind), ip (2 words), peer (2 words),
     (mac, flags, family)."""
+    w = np.empty((len(t), 6), dtype=_U64)
+    w[:, 0] = (t.ifindex.astype(_U64) | (t.vlan.astype(_U64) << _U64(32)) | (t.dir.astype(_U64) << _U64(48))
+               | (t.kind.astype(_U64) << _U64(56)))
+    w[:, 1:3], w[:, 3:5] = t.ip, t.peer
+    w[:, 5] = t.mac.astype(_U64) | (t.flags.astype(_U64) << _U64(48)) | (t.family.astype(_U64) << _U64(56))
+    return w
+
+
+class _Sorted:
+    """A snapshot's entries ordered by key hash (words as _words): what the next interval's deltas are
+    matched against."""
 
     __slots__ = ("count", "first", "h", "sel", "w")
 
     def __init__(self, t: EntryTable) -> None:
-        ka = (t.ifindex.astype(_U64) | (t.vlan.astype(_U64) << _U64(32)) | (t.dir.astype(_U64) << _U64(48))
-              | (t.kind.astype(_U64) << _U64(56)))
-        kb = t.mac.astype(_U64) | (t.flags.astype(_U64) << _U64(48)) | (t.family.astype(_U64) << _U64(56))
-        w = np.empty((len(t), 6), dtype=_U64)
-        w[:, 0], w[:, 1:3], w[:, 3:5], w[:, 5] = ka, t.ip, t.peer, kb
-        h = ka * _M1
-        for j in range(1, 6):
-            h = (h ^ w[:, j]) * _M2
+        w = _words(t)
+        # Each round folds the product's high half down: a multiply alone carries bits only upwards, so
+        # keys differing in the high halves of words (IPv4 addresses sit there) would share a hash, and the
+        # exact-match fallback in previous() is a Python loop.
+        h = np.zeros(len(w), dtype=_U64)
+        for j in range(6):
+            h = (h ^ w[:, j]) * _M1
+            h ^= h >> _U64(32)
+        h *= _M2
         order = np.argsort(h)
         self.sel = order  # table index of each sorted entry
         self.h, self.w = h[order], w[order]
@@ -115,12 +127,13 @@ def _addr_codes(words: np.ndarray, v6: list[str]) -> np.ndarray:
 
 
 class _Groups:
-    """Per key set (reused while the entries stay the same): each entry's fields as address codes, its
-    target, and — when one (target, sender) pair has several entries (several MACs asked, or flags
-    differ) — its pair, so senders are counted once per IP."""
+    """Per key set (reused while the rows stay the same): the rows are the LRU entries, then the fast
+    path's rows. Each row's fields as address codes, its target, and — when one (target, sender) pair
+    has several rows (several MACs asked, flags differ, a key counted on several CPUs' fast paths or in
+    both places) — its pair, so senders are counted once per IP."""
 
-    def __init__(self, cur: _Sorted) -> None:
-        w = cur.w
+    def __init__(self, w: np.ndarray) -> None:
+        self.w = w  # the rows' key words (LRU entries, then fast-path rows)
         self.ifindex = w[:, 0] & _U64(0xFFFFFFFF)
         self.vlan = (w[:, 0] >> _U64(32)) & _U64(0xFFFF)
         self.d = (w[:, 0] >> _U64(48)) & _U64(0xFF)
@@ -155,6 +168,22 @@ class _Groups:
 
     def text(self, code: int) -> str:
         return ip_text(code) if code < _V6_CODE else self.v6[code - _V6_CODE]
+
+
+@dataclass
+class IPSums:
+    """One interval per IP (WindowList.by_ip): address codes (_V6_CODE), sums over the IP's windows, the
+    senders of any request (proof they are alive), code -> text, and the senders of some IPs."""
+
+    codes: np.ndarray
+    requests: np.ndarray
+    replies: np.ndarray
+    alive: np.ndarray  # replies + gratuitous
+    senders: np.ndarray  # the most distinct senders in one of its windows
+    own: np.ndarray  # requests on egress: this host's own
+    askers: np.ndarray  # codes
+    text: Callable[[int], str]
+    tops: Callable[[Sequence[int]], dict[int, dict[str, int]]]
 
 
 class WindowList(Sequence[TargetWindow]):
@@ -272,6 +301,43 @@ class WindowList(Sequence[TargetWindow]):
         senders.sort(key=lambda s: (-s[1], s[0]))
         return senders[: self._agg.top_senders]
 
+    def by_ip(self) -> IPSums:
+        """The interval summed per IP over its windows (interfaces, directions, VLANs) without building a
+        TargetWindow: what the verdict engine needs for every IP, as arrays."""
+        c = self.cols
+        codes, inv = np.unique(c["ip"], return_inverse=True)
+        inv = inv.reshape(-1)
+        n = len(codes)
+
+        def total(name: str) -> np.ndarray:
+            return np.bincount(inv, weights=c[name].astype(np.float64), minlength=n).astype(np.int64)
+
+        senders = np.zeros(n, dtype=np.int64)
+        np.maximum.at(senders, inv, c["senders"].astype(np.int64))
+        replies = total("replies")
+        askers = np.unique(self._req[1]) if len(self._req[1]) else np.zeros(0, _U64)
+        def tops(ks: Sequence[int]) -> dict[int, dict[str, int]]:
+            """Senders of the given IPs (indexes into codes) summed over their windows: evidence for a verdict
+            (every sender, not each window's top few). One pass over the request entries for all of them."""
+            widx, peer, m = self._req
+            want = np.sort(np.asarray(ks, dtype=np.int64))
+            out: dict[int, dict[str, int]] = {int(k): {} for k in want.tolist()}
+            if not len(want) or not len(widx):
+                return out
+            ip_of = inv[self.order[widx]]  # request entry -> its window's IP index
+            pos = np.minimum(np.searchsorted(want, ip_of), len(want) - 1)
+            for k, p, c in zip(ip_of[want[pos] == ip_of].tolist(), peer[want[pos] == ip_of].tolist(),
+                               m[want[pos] == ip_of].tolist(), strict=True):
+                d = out[k]
+                t = self._text(p)
+                d[t] = d.get(t, 0) + int(c)
+            return out
+
+        egress = c["dir"] == DIR_EGRESS
+        own = np.bincount(inv[egress], weights=c["requests"][egress].astype(np.float64), minlength=n).astype(np.int64)
+        return IPSums(codes, total("requests"), replies, replies + total("gratuitous"), senders, own, askers,
+                      self._text, tops)
+
     def chosen(self, top: int, min_requests: int) -> list[TargetWindow]:
         c = self.cols
         idx = np.flatnonzero((c["requests"] + c["probes"] >= min_requests)[self.order])
@@ -289,20 +355,22 @@ class Aggregator:
         self._prev_raw: bytes | None = None
         self._groups: _Groups | None = None
         self._keyset = 0  # counts key-set changes: the bindings stage reuses its grouping while it holds
+        self._prev_fast_raw = b""
 
     def update(self, snap: Snapshot) -> Interval:
         prev = self.prev
         self.prev = snap
         interval_s = snap.mono - prev.mono if prev else 0.0
 
-        t = snap.table
+        t, f = snap.table, snap.fast
+        fast_raw = f.raw_keys if f is not None and len(f) else b""
         prev_s = self._prev_sorted
-        if prev_s is not None and t.raw_keys is not None and t.raw_keys == self._prev_raw:
+        same = prev_s is not None and t.raw_keys is not None and t.raw_keys == self._prev_raw
+        if same:
             # The same entries in the same order as last time (a storm's steady state): every per-key
-            # result (order, matching, target groups) carries over; only the values are new.
+            # result (order, matching) carries over; only the values are new.
             cur = prev_s.with_values(t)
             old_count, old_first = prev_s.count, prev_s.first
-            groups = self._groups
         else:
             cur = _Sorted(t)
             cur.drop_duplicates()
@@ -310,11 +378,15 @@ class Aggregator:
                 old_count, old_first = cur.previous(prev_s)
             else:
                 old_count = old_first = np.zeros(len(cur), _U64)
-            groups = _Groups(cur)
-            self._keyset += 1
-        self._prev_sorted, self._prev_raw, self._groups = cur, t.raw_keys, groups
         # Absent before: old (0, 0), so the whole count is new either way.
         delta = np.where((old_first == cur.first) & (cur.count >= old_count), cur.count - old_count, cur.count)
+        if fast_raw:  # fast-path rows are deltas already: they follow the LRU rows
+            delta = np.concatenate([delta, f.count.astype(_U64)])  # type: ignore[union-attr]
+        groups = self._groups
+        if not same or groups is None or fast_raw != self._prev_fast_raw:
+            groups = _Groups(np.concatenate([cur.w, _words(f)]) if fast_raw else cur.w)  # type: ignore[arg-type]
+            self._keyset += 1  # the rows (LRU entries, then fast-path rows) changed
+        self._prev_sorted, self._prev_raw, self._groups, self._prev_fast_raw = cur, t.raw_keys, groups, fast_raw
         g = groups
         tinv, ntargets, kind = g.tinv, g.ntargets, g.kind
 
@@ -359,7 +431,7 @@ class Aggregator:
             interval_s=interval_s, windows=WindowList(self, interval_s, cols, order, req_entries, g.text),
             health=health, health_total=dict(snap.health), entries_live=live,
             entries_evicted=max(0, snap.health.get("inserts", 0) - live), targets_live=ntargets,
-            active=ActiveEntries(cur.w[a_idx], a_n, self._keyset, a_idx),
+            active=ActiveEntries(g.w[a_idx], a_n, self._keyset, a_idx),
         )
 
     @staticmethod

@@ -43,14 +43,19 @@ Hysteresis (the rule the tests check):
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from sensor.events.encode import Event, peer_event, warning_event, wire_words
+from sensor.kernel.reader import ip_text
 from sensor.model import Peer, PeerLookup, TargetWindow
 from sensor.peers import peer_fields
+from sensor.pipeline.aggregate import WindowList
 
 HEALTHY = "healthy"
 ZOMBIE = "zombie-peer"
@@ -120,26 +125,161 @@ class FlaggedPeer:
     active: bool | None  # Calico's string rule: this node connects to it (None: own address unknown)
 
 
-def _per_ip(windows: Iterable[TargetWindow]) -> tuple[dict[str, _Sample], set[str]]:
-    """Sum one interval's windows per IP; also return every IP seen asking (proof that it is alive)."""
-    out: dict[str, _Sample] = {}
-    askers: set[str] = set()
-    for w in windows:
-        s = out.get(w.key.ip)
-        if s is None:
-            s = out[w.key.ip] = _Sample(0.0, 0, 0, 0, 0, {})
-        s.requests += w.requests
-        s.replies += w.replies
-        s.alive += w.replies + w.gratuitous
-        if w.key.direction == "egress":
-            s.own += w.requests
-        s.senders = max(s.senders, w.senders)
-        for ip, n in w.top_senders:
-            s.top[ip] = s.top.get(ip, 0) + n
-            askers.add(ip)
-    for s in out.values():
-        s.senders = max(s.senders, len(s.top))
-    return out, askers
+_V4 = 1 << 32  # ids below this are IPv4 addresses (wire bytes read little-endian); above, interned texts
+
+
+class _Interval:
+    """One interval's evidence per IP, as arrays keyed by stable integer ids, from a WindowList (numpy, no
+    TargetWindow built) or from plain TargetWindows (tests, tools)."""
+
+    def __init__(self, windows: Iterable[TargetWindow] | WindowList, intern: _Ids) -> None:
+        if isinstance(windows, WindowList):
+            s = windows.by_ip()
+            self.ids = intern.codes(s.codes, s.text)
+            self.requests, self.replies, self.alive, self.senders = s.requests, s.replies, s.alive, s.senders
+            self.own = s.own
+            self.askers = np.sort(intern.codes(s.askers, s.text))
+            self._tops = s.tops
+            return
+        acc: dict[str, list] = {}
+        askers: set[str] = set()
+        for w in windows:
+            a = acc.setdefault(w.key.ip, [0, 0, 0, 0, {}, 0])
+            a[0] += w.requests
+            if w.key.direction == "egress":
+                a[5] += w.requests
+            a[1] += w.replies
+            a[2] += w.replies + w.gratuitous
+            a[3] = max(a[3], w.senders)
+            for ip, n in w.top_senders:
+                a[4][ip] = a[4].get(ip, 0) + n
+                askers.add(ip)
+        texts = list(acc)
+        self.ids = np.array([intern.id(t) for t in texts], dtype=np.int64)
+        cols = list(zip(*acc.values(), strict=True)) if acc else [(), (), (), (), (), ()]
+        self.requests, self.replies, self.alive = (np.array(c, dtype=np.int64) for c in cols[:3])
+        self.own = np.array(cols[5], dtype=np.int64)
+        self.senders = np.array([max(m, len(t)) for m, t in zip(cols[3], cols[4], strict=True)], dtype=np.int64)
+        self.askers = np.array(sorted(intern.id(t) for t in askers), dtype=np.int64)  # sorted, as below
+        tops = cols[4]
+        self._tops = lambda ks: {k: dict(tops[k]) for k in ks}
+
+    def tops(self, ks: Iterable[int]) -> dict[int, dict[str, int]]:
+        """Top senders of the IPs at these indexes, summed over their windows."""
+        return self._tops(list(ks))
+
+
+def _member(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
+    """a[i] in sorted_b, by binary search (np.isin hashes both sides: slower for a few against many)."""
+    if not len(sorted_b):
+        return np.zeros(len(a), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_b, a), len(sorted_b) - 1)
+    return sorted_b[pos] == a
+
+
+class _Ids:
+    """Stable integer ids for IPs across intervals: an IPv4 address is its wire bytes read little-endian
+    (the kernel key's form, so no text is made for it), anything else is interned."""
+
+    def __init__(self) -> None:
+        self._by_text: dict[str, int] = {}
+        self._texts: list[str] = []
+
+    def id(self, text: str) -> int:
+        if ":" not in text:
+            try:
+                return int.from_bytes(socket.inet_aton(text), "little")
+            except OSError:
+                pass
+        i = self._by_text.get(text)
+        if i is None:
+            i = self._by_text[text] = _V4 + len(self._texts)
+            self._texts.append(text)
+        return i
+
+    def codes(self, codes: np.ndarray, text: Callable[[int], str]) -> np.ndarray:
+        out = codes.astype(np.int64)
+        for k in np.flatnonzero(out >= _V4).tolist():
+            out[k] = self.id(text(int(codes[k])))
+        return out
+
+    def text(self, i: int) -> str:
+        return ip_text(i) if i < _V4 else self._texts[i - _V4]
+
+
+class _Bulk:
+    """Window sums of every tracked IP as arrays, and the one verdict of IPs that are not BGP peers
+    (unanswered-target) decided on them with the same hysteresis, so an interval costs a few vector
+    operations however many targets there are; Python runs only for the IPs whose verdict changes."""
+
+    def __init__(self) -> None:
+        self.ids = np.zeros(0, dtype=np.int64)  # sorted
+        self.rows = np.zeros(0, dtype=np.int64)  # row of each id
+        self.cap = 0
+        self.req = self.rep = self.alive = np.zeros(0, dtype=np.int64)
+        self.since = np.zeros(0)  # unanswered candidate since (nan: none)
+        self.unanswered = np.zeros(0, dtype=bool)
+        self.row_id = np.zeros(0, dtype=np.int64)
+        self.free: list[int] = []
+        self.samples: deque[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id, -1 where it is not tracked."""
+        if not len(self.ids) or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, self.rows[pos], -1)
+
+    def add(self, ids: np.ndarray) -> np.ndarray:
+        """Rows for new ids (not tracked yet)."""
+        n = len(ids)
+        take = min(n, len(self.free))
+        rows = [self.free.pop() for _ in range(take)]
+        if n > take:
+            grow = max(n - take, self.cap)
+            start = self.cap
+            self.cap += grow
+            for name in ("req", "rep", "alive", "row_id"):
+                setattr(self, name, np.concatenate([getattr(self, name), np.zeros(grow, dtype=np.int64)]))
+            self.since = np.concatenate([self.since, np.full(grow, np.nan)])
+            self.unanswered = np.concatenate([self.unanswered, np.zeros(grow, dtype=bool)])
+            self.free.extend(range(self.cap - 1, start + n - take - 1, -1))
+            rows += list(range(start, start + n - take))
+        r = np.array(rows, dtype=np.int64)
+        self.row_id[r] = ids
+        ids_all, rows_all = np.concatenate([self.ids, ids]), np.concatenate([self.rows, r])
+        o = np.argsort(ids_all, kind="stable")
+        self.ids, self.rows = ids_all[o], rows_all[o]
+        return r
+
+    def push(self, t: float, rows: np.ndarray, req: np.ndarray, rep: np.ndarray, alive: np.ndarray) -> None:
+        self.samples.append((t, rows, req, rep, alive))
+        self.req[rows] += req
+        self.rep[rows] += rep
+        self.alive[rows] += alive
+
+    def expire(self, before: float) -> None:
+        while self.samples and self.samples[0][0] <= before:
+            _t, rows, req, rep, alive = self.samples.popleft()
+            self.req[rows] -= req
+            self.rep[rows] -= rep
+            self.alive[rows] -= alive
+
+    def drop_idle(self, keep_rows: np.ndarray) -> None:
+        """Forgets rows with nothing in the window and no verdict or candidate (their sums are 0)."""
+        if not len(self.ids):
+            return
+        r = self.rows
+        idle = ((self.req[r] == 0) & (self.rep[r] == 0) & (self.alive[r] == 0) & ~self.unanswered[r]
+                & np.isnan(self.since[r]) & ~keep_rows[r])
+        if idle.any():
+            gone = r[idle]
+            # a row still referenced by a sample in the window has nonzero sums only if it had activity
+            self.free.extend(gone.tolist())
+            self.ids, self.rows = self.ids[~idle], r[~idle]
 
 
 class VerdictEngine:
@@ -169,16 +309,25 @@ class VerdictEngine:
         self.suppressed = 0  # unanswered-target verdicts not entered because of max_unanswered
         self._capped = False
         self._n_unanswered = 0
-        self._st: dict[str, _State] = {}
+        self._st: dict[str, _State] = {}  # BGP peers (and nothing else) by IP
         self.neigh: dict[str, str] = {}  # ip -> failed | incomplete (the kernel's neighbour entry), if known
+        self._ids = _Ids()
+        self._bulk = _Bulk()
 
     def verdict(self, ip: str) -> str:
         st = self._st.get(ip)
-        return st.verdict if st else HEALTHY
+        if st is not None:
+            return st.verdict
+        r = self._bulk.find(np.array([self._ids.id(ip)], dtype=np.int64))[0]
+        return UNANSWERED if r >= 0 and self._bulk.unanswered[r] else HEALTHY
 
     def verdicts(self) -> dict[str, str]:
         """Every IP whose verdict is not healthy."""
-        return {ip: st.verdict for ip, st in self._st.items() if st.verdict != HEALTHY}
+        out = {ip: st.verdict for ip, st in self._st.items() if st.verdict != HEALTHY}
+        b = self._bulk
+        for r in np.flatnonzero(b.unanswered).tolist():
+            out.setdefault(self._ids.text(int(b.row_id[r])), UNANSWERED)
+        return out
 
     def alive(self, ip: str) -> bool:
         return self.evidence(ip).alive > 0
@@ -201,29 +350,75 @@ class VerdictEngine:
 
     def evidence(self, ip: str) -> Evidence:
         st = self._st.get(ip)
-        return self._sum(st) if st else Evidence()
+        if st is not None:
+            return self._sum(st)
+        b = self._bulk
+        r = b.find(np.array([self._ids.id(ip)], dtype=np.int64))[0]
+        return Evidence(int(b.req[r]), int(b.rep[r]), int(b.alive[r])) if r >= 0 else Evidence()
 
-    def update(self, windows: Iterable[TargetWindow], book: PeerLookup, now: float) -> list[Event]:
-        per_ip, askers = _per_ip(windows)
-        for ip, s in per_ip.items():
-            st = self._st.get(ip)
-            if st is None:
-                if len(self._st) >= self.max_tracked and (book.get(ip) is None):
-                    self.untracked += 1
-                    continue
-                st = self._st[ip] = _State()
-            s.t = now
-            if ip in askers:
-                s.alive += 1
-            self._push(st, s)
-        for ip in askers:  # a host that asks is alive even when nobody asked for it
-            st = self._st.get(ip)
-            if st is not None and ip not in per_ip:
-                self._push(st, _Sample(now, 0, 0, 1, 0, {}))
+    def update(self, windows: Iterable[TargetWindow] | WindowList, book: PeerLookup, now: float) -> list[Event]:
+        """Two kinds of IP, one set of rules. BGP peers (a few hundred at most) keep the per-IP state
+        machine below; every other IP can only be unanswered-target, decided on arrays of window sums
+        (_Bulk) with the same hysteresis, so 100k targets cost vector operations, and Python runs only for
+        an IP whose verdict changes (docs/benchmarks.md, "Userspace scaling")."""
+        iv = _Interval(windows, self._ids)
+        ids = self._ids
+        bgp = {ids.id(p.ip): p for p in book.peers() if p.is_bgp}
+        bgp_ids = np.fromiter(bgp, dtype=np.int64, count=len(bgp))
         events: list[Event] = []
         self._confirms_left = self.max_confirms
-        self._n_unanswered = sum(1 for st in self._st.values() if st.verdict == UNANSWERED)
+        b = self._bulk
+        self._n_unanswered = int(b.unanswered.sum()) + sum(1 for st in self._st.values() if st.verdict == UNANSWERED)
         suppressed_before = self.suppressed
+
+        # -- every IP's window sums (BGP peers too: they are cheap here and hand over cleanly) -----------
+        alive = iv.alive + _member(iv.ids, iv.askers)
+        rows = b.find(iv.ids)
+        new = np.flatnonzero(rows < 0)
+        if len(new):
+            is_peer = _member(iv.ids[new], np.sort(bgp_ids))
+            room = max(0, self.max_tracked - (len(b) - int((b.find(bgp_ids) >= 0).sum())))
+            order = np.argsort(-iv.requests[new], kind="stable")  # busiest first, as the windows come
+            plain = order[~is_peer[order]]
+            admit = np.concatenate([new[plain[:room]], new[is_peer]])
+            self.untracked += max(0, len(plain) - room)
+            rows[admit] = b.add(iv.ids[admit])
+        seen = rows >= 0
+        b.push(now, rows[seen], iv.requests[seen], iv.replies[seen], alive[seen])
+        # a tracked host that asks is alive even when nobody asked for it
+        lone = iv.askers[~_member(iv.askers, np.sort(iv.ids))]
+        lone_rows = b.find(lone)
+        lone_rows = lone_rows[lone_rows >= 0]
+        if len(lone_rows):
+            b.push(now, lone_rows, np.zeros(len(lone_rows), np.int64), np.zeros(len(lone_rows), np.int64),
+                   np.ones(len(lone_rows), np.int64))
+        b.expire(now - self.window_s + _EPS)
+
+        # -- BGP peers: the per-IP state machine ------------------------------------------------------
+        at: dict[int, int] = {}  # BGP peer id -> its index in this interval
+        if len(bgp_ids) and len(iv.ids):
+            sorter = np.argsort(iv.ids)
+            pos = np.minimum(np.searchsorted(iv.ids, bgp_ids, sorter=sorter), len(iv.ids) - 1)
+            k_of = sorter[pos]
+            hit = iv.ids[k_of] == bgp_ids
+            at = dict(zip(bgp_ids[hit].tolist(), k_of[hit].tolist(), strict=True))
+        tops = iv.tops(at.values()) if at else {}
+        for i, peer in bgp.items():
+            ip = peer.ip
+            st = self._st.get(ip)
+            k = at.get(i)
+            if st is None:
+                r = b.find(np.array([i], dtype=np.int64))[0]
+                if k is None and not (r >= 0 and b.unanswered[r]):
+                    continue
+                st = self._st[ip] = _State()
+                if r >= 0 and b.unanswered[r]:
+                    events += self._hand_over(ip, int(r), st, peer, iv, k, now)
+            if k is not None:
+                self._push(st, _Sample(now, int(iv.requests[k]), int(iv.replies[k]), int(alive[k]),
+                                       int(iv.senders[k]), tops[k], int(iv.own[k])))
+            elif i in iv.askers:
+                self._push(st, _Sample(now, 0, 0, 1, 0, {}))
         for ip in list(self._st):
             st = self._st[ip]
             while st.samples and st.samples[0].t <= now - self.window_s + _EPS:
@@ -232,9 +427,18 @@ class VerdictEngine:
                 st.replies -= old.replies
                 st.alive -= old.alive
                 st.own -= old.own
-            events += self._step(ip, st, book.get(ip), now)
-            if st.verdict == HEALTHY and st.candidate is None and not st.samples:
-                del self._st[ip]
+            peer = book.get(ip)
+            events += self._step(ip, st, peer, now)
+            if (st.verdict == HEALTHY and st.candidate is None and not st.samples) or (
+                    st.verdict == HEALTHY and (peer is None or not peer.is_bgp)):
+                del self._st[ip]  # no longer a BGP peer: its window sums live on in _Bulk
+
+        # -- every other IP: unanswered-target on the arrays ----------------------------------------
+        peer_rows = np.zeros(b.cap, dtype=bool)  # rows of BGP peers: the per-IP machine decides for them
+        found = b.find(bgp_ids)
+        peer_rows[found[found >= 0]] = True
+        events += self._bulk_step(book, peer_rows, iv, now)
+        b.drop_idle(peer_rows)
         capped = self.suppressed > suppressed_before
         if capped and not self._capped:
             events.append(warning_event(
@@ -242,6 +446,91 @@ class VerdictEngine:
                 f"(a scan?): unanswered-target alerts are capped at {self.max_unanswered}", now, self.hostname))
         self._capped = capped
         return events
+
+    def _hand_over(self, ip: str, r: int, st: _State, peer: Peer, iv: _Interval, k: int | None,
+                   now: float) -> list[Event]:
+        """An unanswered target BIRD now knows as a peer: its verdict moves to the per-IP machine, with
+        the window so far (one sample) and, the evidence having held for a window, a zombie candidate."""
+        b = self._bulk
+        if peer.bgp_state is None:  # state unknown: hold the verdict where it is
+            del self._st[ip]
+            return []
+        cur = (int(iv.requests[k]), int(iv.replies[k])) if k is not None else (0, 0)
+        self._push(st, _Sample(now - _EPS, int(b.req[r]) - cur[0], int(b.rep[r]) - cur[1], 0, 0, {}))
+        b.unanswered[r] = False
+        b.since[r] = np.nan
+        ev = Evidence(int(b.req[r]), int(b.rep[r]), int(b.alive[r]))
+        out = [self._bulk_event(UNANSWERED, "cleared", ip, peer, now, "it is a configured BGP peer now", ev)]
+        st.candidate, st.candidate_since = ZOMBIE, now - self.window_s
+        return out
+
+    def _bulk_step(self, book: PeerLookup, peer_rows: np.ndarray, iv: _Interval, now: float) -> list[Event]:
+        b = self._bulk
+        r = b.rows
+        if not len(r):
+            return []
+        r = r[~peer_rows[r]]
+        req, alive, un = b.req[r], b.alive[r], b.unanswered[r]
+        events: list[Event] = []
+        # clear: the host answers, it is one of ours, or nobody asked for a full window
+        for rr in r[un].tolist():
+            ip = self._ids.text(int(b.row_id[rr]))
+            proto, reqs, _ = wire_words(ip)
+            if b.alive[rr] > 0:
+                reason = f"host answers {proto}"
+            elif self.own(ip):
+                reason = "it is one of this host's own addresses"
+            elif b.req[rr] == 0:
+                reason = f"no {reqs} for it in {self.window_s:g} s"
+            else:
+                continue
+            ev = self._evidence_of(rr, iv)
+            b.unanswered[rr] = False
+            events.append(self._bulk_event(UNANSWERED, "cleared", ip, book.get(ip), now, reason, ev))
+        un = b.unanswered[r]
+        raw = (req >= self.min_requests) & (alive == 0)
+        since = b.since[r]
+        since = np.where(raw & ~un, np.where(np.isnan(since), now, since), np.nan)
+        b.since[r] = since
+        ripe = np.flatnonzero(raw & ~un & (now - since + _EPS >= self.window_s))
+        if len(ripe):
+            room = max(0, self.max_unanswered - self._n_unanswered)
+            ripe = ripe[np.argsort(-req[ripe], kind="stable")]
+            entered = 0
+            for k, rr in enumerate(r[ripe].tolist()):
+                if entered >= room:
+                    self.suppressed += len(ripe) - k
+                    break
+                ip = self._ids.text(int(b.row_id[rr]))
+                if self.own(ip):  # this host's own address: never unanswered (our replies may be unseen)
+                    b.since[rr] = np.nan
+                    continue
+                entered += 1
+                self._n_unanswered += 1
+                b.unanswered[rr] = True
+                b.since[rr] = np.nan
+                events.append(self._bulk_event(UNANSWERED, "detected", ip, book.get(ip), now, None,
+                                               self._evidence_of(rr, iv)))
+        return events
+
+    def _evidence_of(self, row: int, iv: _Interval) -> Evidence:
+        """Window sums from the arrays; senders and top senders of the current interval."""
+        b = self._bulk
+        ev = Evidence(int(b.req[row]), int(b.rep[row]), int(b.alive[row]))
+        k = np.flatnonzero(iv.ids == b.row_id[row])
+        if len(k):
+            ev.top = iv.tops([int(k[0])])[int(k[0])]
+            ev.senders = max(int(iv.senders[k[0]]), len(ev.top))
+        return ev
+
+    def _bulk_event(self, verdict: str, change: str, ip: str, peer: Peer | None, now: float, reason: str | None,
+                    ev: Evidence) -> Event:
+        after = verdict if change == "detected" else HEALTHY
+        return peer_event(
+            f"{verdict}-{change}", ip, self._message(verdict, change, ip, peer, ev, reason), now,
+            peer=peer_fields(peer) if peer is not None else None, evidence=ev.fields(self.window_s),
+            node_name=peer.node_name if peer else None, verdict=after, reason=reason, hostname=self.hostname,
+        )
 
     # -- internals --------------------------------------------------------------------------------------
     @staticmethod

@@ -35,6 +35,7 @@ class RunOptions:
     min_requests: int = 1
     ready_file: str | None = None
     max_entries: int = DEFAULT_MAX_ENTRIES
+    fast_slots: int | None = None  # None: the header's default
     hostname: str = field(default_factory=socket.gethostname)
 
 
@@ -62,7 +63,7 @@ class Runner:
     def start(self) -> None:
         from sensor.kernel.datapath import Datapath  # the bcc import happens here, not at CLI parse time
 
-        self.datapath = Datapath(self.opts.max_entries)
+        self.datapath = Datapath(self.opts.max_entries, self.opts.fast_slots)
         for ifname in self.opts.interfaces:
             if self.stop_event.is_set():  # SIGTERM while compiling: attach nothing, announce nothing
                 return
@@ -70,8 +71,7 @@ class Runner:
             self.ifnames[att.ifindex] = ifname
             for note in att.notes:
                 self.log(note)
-        fds = self.datapath.map_fds
-        self.reader = MapReader(*fds, self.opts.max_entries, nd_fd=self.datapath.nd_map_fd)
+        self.reader = MapReader(self.datapath.maps, self.opts.max_entries)
         self.aggregator = Aggregator(self.ifnames)
         self.aggregator.update(self.reader.snapshot())  # baseline: maps are new, so all zero
         self.if_stats = self._read_if_stats()
@@ -122,7 +122,7 @@ class Runner:
                 next_tick = time.monotonic() + self.opts.interval
 
     def poll(self) -> Interval:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         now = time.time()
         snap = self.reader.snapshot()
         iv = self.aggregator.update(snap)
@@ -137,7 +137,12 @@ class Runner:
         self._check_interfaces(now)
         self._check_hooks(now)
         poll_ms = (time.monotonic() - t0) * 1000
-        self.emit(events.health_event(self.health_fields(iv, poll_ms), now, self.opts.hostname))
+        h = self.health_fields(iv, poll_ms)
+        # CPU the poll itself used: a poll_duration_ms far above it is time spent waiting (for a core taken
+        # by softirq/traffic, for the fast path's grace period), not work (docs/benchmarks.md).
+        h["poll_cpu_ms"] = round((time.thread_time() - c0) * 1000, 3)
+        h["poll_grace_ms"] = round(self.reader.fast.last_grace_ms, 3) if self.reader.fast else 0.0
+        self.emit(events.health_event(h, now, self.opts.hostname))
         return iv
 
     def _read_if_stats(self) -> dict[int, tuple[int, int]]:
@@ -170,6 +175,11 @@ class Runner:
             "entries_live": iv.entries_live, "entries_max": self.opts.max_entries,
             "entries_evicted": iv.entries_evicted, "targets_live": iv.targets_live,
         })
+        fast = self.reader.fast
+        h["fast_slots"] = fast.slots if fast else 0
+        # 1: membarrier(MEMBARRIER_CMD_GLOBAL) was refused (nohz_full), so fast-path counts are read one
+        # interval after their epoch ended (still exact, one interval late).
+        h["fast_drain_deferred"] = int(bool(fast) and fast.grace == "interval")
         return h
 
     def _check_interfaces(self, now: float) -> None:
@@ -226,7 +236,9 @@ def check_options(opts: RunOptions) -> None:
         raise SensorError("at least one -i/--interface is required")
     if len(set(opts.interfaces)) != len(opts.interfaces):
         raise SensorError("each -i/--interface may be given once")
-    from sensor.kernel.datapath import ifindex_of  # fails fast, before the seconds a compile takes
+    from sensor.kernel.datapath import check_fast_slots, ifindex_of  # fails fast, before the seconds a compile takes
 
     for ifname in opts.interfaces:
         ifindex_of(ifname)
+    if opts.fast_slots is not None:
+        check_fast_slots(opts.fast_slots)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from sensor.kernel import bpfsys
 from sensor.kernel.layout import (
+    FAMILY_IPV4,
     KEY_F_MAC_MISMATCH,
     KIND_GRATUITOUS,
     KIND_PROBE,
@@ -44,6 +45,10 @@ READ_MAX = 4096
 MIN_FRAMES = 100_000
 KINDS = ("requests", "replies", "gratuitous", "probes")
 KINDS6 = ("solicitations", "advertisements_solicited", "advertisements_unsolicited", "dad")  # same slots, for ND
+FAST_COUNTERS = ("fast_hits", "fast_claims", "fast_collisions")
+# Few fast-path slots, so keys collide often: both places (slot and LRU map) and slot reuse across the
+# epoch flips of every batch read are exercised.
+FAST_SLOTS = 4
 KIND_NAMES = {KIND_REQUEST: "request", KIND_REPLY: "reply", KIND_GRATUITOUS: "gratuitous", KIND_PROBE: "probe"}
 
 
@@ -51,12 +56,12 @@ KIND_NAMES = {KIND_REQUEST: "request", KIND_REPLY: "reply", KIND_GRATUITOUS: "gr
 def dp():
     from sensor.kernel.datapath import Datapath
 
-    return Datapath(max_entries=MAP_SIZE)
+    return Datapath(max_entries=MAP_SIZE, fast_slots=FAST_SLOTS)
 
 
 @pytest.fixture(scope="module")
 def reader(dp):
-    return MapReader(*dp.map_fds, READ_MAX, nd_fd=dp.nd_map_fd)
+    return MapReader(dp.maps, READ_MAX)
 
 
 # -- strategies ---------------------------------------------------------------------------------------
@@ -199,11 +204,13 @@ class Harness:
         self.frames = 0
         self.refused = 0
         self.kinds: Counter = Counter()
+        self.placed: Counter = Counter()  # fast_hits / fast_claims / fast_collisions over all frames
 
     def reset_maps(self) -> None:
         for name in (b"arp_counts", b"nd_counts"):
             for _ in self.dp.bpf[name].items_lookup_and_delete_batch():
                 pass
+        self.reader.forget_fast_totals()
         assert not self.reader.read_entries()
 
     def run_batch(self, entry: str, frames: list[bytes]) -> None:
@@ -230,6 +237,12 @@ class Harness:
             assert res.data_out[:len(frame)] == frame[:len(res.data_out)], "the program modified a frame"
             cur = self.reader.read_health()
             moved = {k: cur[k] - prev[k] for k in cur if cur[k] != prev[k] and k not in ("inserts", "nd_inserts")}
+            # A counted ARP frame goes to exactly one place: a fast-path slot (claim or hit) or the LRU map.
+            # (ND has no fast path yet: always its LRU map.)
+            placed = {k: moved.pop(k) for k in FAST_COUNTERS if k in moved}
+            arp_counted = bool(v.kind) and ":" not in (v.ip or "")
+            assert sum(placed.values()) == int(arp_counted), (entry, frame[:64].hex(), placed)
+            self.placed.update(placed)
             assert moved == dict(Counter(v.health)), f"{entry} frame {frame[:64].hex()}: kernel {moved}, reference {v}"
             prev = cur
             self.kinds[v.health[-1] if v.health else "ignored"] += 1
@@ -252,7 +265,8 @@ class Harness:
             assert d == direction
             got_pairs[(s, t, vlan)] = n
         assert got_pairs == want_pairs
-        # Every key was created exactly once, and nothing was evicted or refused by either map.
+        # Every LRU key was created exactly once, nothing was evicted or refused by either map, and the ARP
+        # LRU map holds exactly the frames that found their fast-path slot taken by another key.
         h_end = self.reader.read_health()
         assert len(entries) == len(want_entries)
         got_entries = Counter()
@@ -260,7 +274,10 @@ class Harness:
             got_entries[(ip, peer, vlan, ND_KINDS[kind] if ":" in ip else KIND_NAMES[kind], mac, flags)] += n
         assert got_entries == want_entries
         v6 = sum(1 for e in want_entries if ":" in e[0])
-        assert h_end["inserts"] - h_start["inserts"] == len(want_entries) - v6
+        lru = self.reader.read_table()
+        arp_lru = lru.family == FAMILY_IPV4
+        assert h_end["inserts"] - h_start["inserts"] == int(arp_lru.sum())
+        assert int(lru.count[arp_lru].sum()) == h_end["fast_collisions"] - h_start["fast_collisions"]
         assert h_end["nd_inserts"] - h_start["nd_inserts"] == v6
         assert h_end["insert_fail"] == h_start["insert_fail"]
         assert h_end["nd_insert_fail"] == h_start["nd_insert_fail"]
@@ -287,6 +304,7 @@ def test_kernel_matches_the_reference_parser(dp, reader):
                  "nd_advert_unsolicited"):
         assert harness.kinds[kind] >= 50, harness.kinds
     assert harness.refused >= 100
+    assert min(harness.placed[k] for k in FAST_COUNTERS) >= 100, harness.placed
 
 
 def test_every_truncation_of_every_frame_kind(dp, reader):
@@ -389,10 +407,14 @@ def test_batch_read_always_reaches_the_end_of_the_map(dp, reader):
 
     harness = Harness(dp, reader)
     harness.reset_maps()
+    h0 = reader.read_health()
     for i in range(1000):
         bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", f"198.19.{i // 250}.{i % 250 + 1}"))
-    keys, _values, n = bpfsys.map_lookup_batch(dp.map_fds[0], ARP_KEY.size, ARP_VAL.size, 100, percpu=True)
-    assert n == 1000 and len(set(ARP_KEY.iter_unpack(keys))) == 1000
+    # The first keys claim the (few) fast-path slots; the rest are LRU entries.
+    in_lru = reader.read_health()["inserts"] - h0["inserts"]
+    assert in_lru >= 1000 - FAST_SLOTS * bpfsys.possible_cpus()
+    keys, _values, n = bpfsys.map_lookup_batch(dp.maps.counts, ARP_KEY.size, ARP_VAL.size, 100, percpu=True)
+    assert n == in_lru and len(set(ARP_KEY.iter_unpack(keys))) == in_lru
     harness.reset_maps()
 
 
@@ -413,7 +435,7 @@ def test_batch_read_into_a_full_buffer_returns_what_fits_and_says_so(dp, reader)
     for room in range(50, 450):
         kbuf = np.empty(ARP_KEY.size * room, dtype=np.uint8)
         vbuf = np.empty(slot * room, dtype=np.uint8)
-        n, complete = bpfsys.map_lookup_batch_into(dp.map_fds[0], kbuf.ctypes.data, ARP_KEY.size,
+        n, complete = bpfsys.map_lookup_batch_into(dp.maps.counts, kbuf.ctypes.data, ARP_KEY.size,
                                                    vbuf.ctypes.data, slot, room)
         assert room - 8 <= n <= room and not complete
     harness.reset_maps()
@@ -433,7 +455,7 @@ def test_reader_with_small_buffers_under_churn_counts_exactly(dp, reader):
     harness.reset_maps()
     for i in range(300):  # cold entries spread over the map's buckets
         bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", f"198.19.{i // 250}.{i % 250 + 1}"))
-    small = MapReader(*dp.map_fds, TEST_MAP_SIZE, room=16)
+    small = MapReader(dp.maps, TEST_MAP_SIZE, room=16)
     agg = Aggregator({1: "lo"})
     agg.update(small.snapshot())
     hot = {f"198.18.9.{i}": 3 + i for i in range(1, 6)}

@@ -153,9 +153,15 @@ def test_spoofed_target_flood(veth_pair, sensor, tmp_path):
     assert max(h["entries_live"] for _, h in flood_ivs) >= MAX_ENTRIES * 0.9  # it did fill up
     total_requests = sum(h["request"] for _, h in ivs)
     total_inserts = sum(h["inserts"] for _, h in ivs)
+    total_claims = sum(h["fast_claims"] for _, h in ivs)
     evicted = ivs[-1][1]["entries_evicted"]
     assert total_requests >= FLOOD * 0.98, (total_requests, sent_rx)
-    assert total_inserts >= FLOOD * 0.98  # (nearly) every flood frame is a new (target, sender) key
+    # (Nearly) every flood frame is a new (target, sender) key: a new LRU entry, or (the first keys after
+    # each epoch flip) a claimed fast-path slot.
+    assert total_inserts + total_claims >= FLOOD * 0.98, (total_inserts, total_claims)
+    # Every counted frame went to exactly one place.
+    assert sum(h["fast_hits"] + h["fast_claims"] + h["fast_collisions"] for _, h in ivs) == total_requests + sum(
+        h["reply"] + h["gratuitous"] + h["probe"] for _, h in ivs)
     assert evicted >= total_inserts - MAX_ENTRIES
     evictions_seen = [h["entries_evicted"] for _, h in flood_ivs]
     assert evictions_seen == sorted(evictions_seen) and evictions_seen[-1] > evictions_seen[0]
@@ -170,15 +176,25 @@ def test_spoofed_target_flood(veth_pair, sensor, tmp_path):
         if missing:
             misses.append((n, missing, h["request"], h["entries_evicted"]))
     real_counts = defaultdict(list)
+    lopsided = []
     for targets, _h in flood_ivs:
-        for e in targets:
-            if e["destination"]["ip"] in REAL:
-                real_counts[e["destination"]["ip"]].append(e["arp"]["requests"])
-    # Hot entries survive the LRU churn: each real target's count per interval is (nearly) what was sent.
-    for ip, counts in real_counts.items():
-        assert min(counts) >= 0.8 * REAL_PPS / len(REAL), (ip, counts)
+        got = {e["destination"]["ip"]: e["arp"]["requests"] for e in targets if e["destination"]["ip"] in REAL}
+        for ip, n in got.items():
+            real_counts[ip].append(n)
+        # Hot entries survive the LRU churn. The real storm asks for its targets round robin, so in every
+        # interval each gets the same number of requests (up to one): a count lost to an eviction shows as
+        # one target behind the others. Judged against each other, not against the sender's pacing, which
+        # a loaded machine stretches (trafgen once sent 52 instead of 100 in one interval).
+        if got and min(got.values()) < 0.9 * max(got.values()) - 2:
+            lopsided.append(got)
+    assert not lopsided, lopsided
+    assert all(sum(c) > 0.5 * REAL_PPS / len(REAL) * len(flood_ivs) for c in real_counts.values()), real_counts
     polls = [h["poll_duration_ms"] for _, h in flood_ivs]
-    print(f"flood: poll ms min {min(polls):.0f} max {max(polls):.0f}; intervals s "
+    cpu = [h["poll_cpu_ms"] for _, h in flood_ivs]
+    grace = [h["poll_grace_ms"] for _, h in flood_ivs]
+    print(f"flood: poll ms min {min(polls):.0f} max {max(polls):.0f} median {sorted(polls)[len(polls) // 2]:.0f}; "
+          f"poll CPU ms min {min(cpu):.0f} max {max(cpu):.0f} median {sorted(cpu)[len(cpu) // 2]:.0f}; grace ms "
+          f"median {sorted(grace)[len(grace) // 2]:.0f} max {max(grace):.0f}; intervals s "
           f"{[h['interval_s'] for _, h in flood_ivs]}")
     print(f"flood: map memory {memory[0]}; entries_live max {max(h['entries_live'] for _, h in ivs)}")
     print(f"flood: {len(flood_ivs)} intervals, {total_requests} requests, {total_inserts} inserts, "

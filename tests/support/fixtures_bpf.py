@@ -19,4 +19,4 @@ def dp():
 
 @pytest.fixture(scope="module")
 def reader(dp):
-    return MapReader(*dp.map_fds, TEST_MAP_SIZE, nd_fd=dp.nd_map_fd)
+    return MapReader(dp.maps, TEST_MAP_SIZE)

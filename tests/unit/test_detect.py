@@ -24,6 +24,9 @@ class Book:
     def get(self, ip: str) -> Peer | None:
         return self.by_ip.get(ip)
 
+    def peers(self) -> list[Peer]:
+        return list(self.by_ip.values())
+
 
 def win(ip: str, requests: int = 0, replies: int = 0, senders: list[tuple[str, int]] | None = None,
         direction: str = "ingress", ifindex: int = 2, gratuitous: int = 0) -> TargetWindow:
@@ -328,3 +331,47 @@ def test_first_hand_check_before_a_zombie_not_backed_by_our_own_requests():
     detected = {(e["destination"]["ip"], e["event"]["action"]) for e in events}
     assert (dead, "zombie-peer-detected") in detected
     assert (live, "zombie-peer-detected") not in detected
+
+
+def test_window_list_and_plain_windows_give_the_same_verdicts():
+    """The runner hands the engine the aggregator's WindowList (summed per IP with numpy, no TargetWindow
+    built); tests and tools hand it TargetWindows. Same storm, same events, interval by interval: a scan of
+    unanswered targets over the cap, a zombie peer, a target that starts answering, one asked only by a
+    host that itself asks (alive), across two interfaces and both directions."""
+    from sensor.kernel.layout import KIND_REPLY, KIND_REQUEST
+    from sensor.kernel.reader import Snapshot
+    from sensor.pipeline.aggregate import Aggregator
+
+    mac = "02:00:00:00:00:01"
+    book = Book(mesh_peer())
+    agg = Aggregator({2: "eth0", 3: "eth1"})
+    fast, plain = VerdictEngine(window_s=W, max_unanswered=4), VerdictEngine(window_s=W, max_unanswered=4)
+    counts: dict = {}
+    for t in range(40):
+        def bump(key, n):
+            counts[key] = counts.get(key, 0) + n
+
+        for i in range(12):  # the scan
+            bump((2, f"198.19.0.{i}", "198.18.0.1", 0, 0, KIND_REQUEST, mac, 0), 1 + i % 3)
+        bump((2, DEAD, "198.18.0.2", 0, 0, KIND_REQUEST, mac, 0), 2)
+        bump((3, DEAD, "198.18.0.3", 0, 1, KIND_REQUEST, mac, 0), 1)
+        bump((2, "198.19.1.1", "198.19.0.5", 0, 0, KIND_REQUEST, mac, 0), 2)  # 198.19.0.5 asks: alive
+        if t >= 25:  # one scanned target starts answering
+            bump((2, "198.19.0.2", "0.0.0.0", 0, 0, KIND_REPLY, mac, 0), 1)
+        iv = agg.update(Snapshot(float(t), {k: (v, 1) for k, v in counts.items()}, {}))
+        a = fast.update(iv.windows, book, float(t))
+        b = plain.update(list(iv.windows), book, float(t))
+        assert a == b, t
+        assert fast.verdicts() == plain.verdicts()
+    assert fast.verdicts()[DEAD] == ZOMBIE and list(fast.verdicts().values()).count(UNANSWERED) == 4
+    assert fast.verdict("198.19.0.5") == HEALTHY and fast.suppressed == plain.suppressed > 0
+
+
+def test_own_address_is_never_unanswered():
+    """With --attach xdp our own replies are never seen: an address of this host, asked for and never
+    answered on the wire, stays healthy; any other address in the same storm becomes unanswered-target."""
+    me, ghost = "198.18.0.4", "198.18.0.5"
+    eng, book = VerdictEngine(window_s=W, own={me}.__contains__), Book()
+    evs = run(eng, book, 0, 25, lambda t: [win(me, 3), win(ghost, 3)])
+    assert [(e["arp_sensor"]["verdict"], e["destination"]["ip"]) for _, e in evs] == [(UNANSWERED, ghost)]
+    assert eng.verdict(me) == HEALTHY
