@@ -25,6 +25,7 @@ this raises net.ipv4.neigh.default.gc_thresh2/3 through the lab's own option, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import shutil
@@ -228,13 +229,12 @@ def run_one(nodes: int, dead_share: float = 0.2, window: float = 6.0, steady_s: 
             res["false_alerts"] = sorted(set(watch.first) - dead_ips)
         return res
     finally:
-        if watch is not None:
-            watch.stop()
-        if cap is not None:
-            cap.stop()
-        stop_sensors(sensors)
-        if prom is not None:
-            prom.stop()
+        # each step on its own: a failing one must not leave the lab (or the host's limits) behind
+        for step in (watch.stop if watch else None, cap.stop if cap else None, lambda: stop_sensors(sensors),
+                     prom.stop if prom else None):
+            if step is not None:
+                with contextlib.suppress(Exception):
+                    step()
         Lab.destroy(name)
         shutil.rmtree(work, ignore_errors=True)
         # put the host's limits back: only those we raised, and only if nobody changed them since
