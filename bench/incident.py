@@ -260,7 +260,7 @@ def render(results: list[dict], dead_share: float, window: float, steady_s: floa
     rows, pairs, enf = [], [], []
     for r in results:
         if "error" in r:
-            rows.append([r["nodes"], "—", "—", "—", "—", "—", "—", "—", "—", f"failed: {r['error']}"])
+            rows.append([r["nodes"], "—", "—", "—", "—", "—", "—", "—", "—", "did not complete (below)", "—"])
             continue
         s = r["storm"]
         rows.append([r["nodes"], r["dead"], r["sensors"], f"{r['established_s']:.0f}", r["hold_time"],
@@ -296,6 +296,7 @@ def render(results: list[dict], dead_share: float, window: float, steady_s: floa
         "",
         table(["nodes", "dead", "sensors", "mesh up s", "hold s", "ARP/s before", "ARP/s storm", "…for dead peers",
                "alerts", "power-off → alert s (first / med / last)", "false alerts"], rows),
+        *[f"\n**{r['nodes']} nodes did not complete:** {r['error']}" for r in results if "error" in r],
         "",
         "Which (live asker, dead peer) pairs ask in the steady window, against Calico's string rule (a live "
         "node asks for a dead one when its address string sorts after the dead one's):",
