@@ -25,6 +25,7 @@ this raises net.ipv4.neigh.default.gc_thresh2/3 through the lab's own option, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import shutil
@@ -228,13 +229,12 @@ def run_one(nodes: int, dead_share: float = 0.2, window: float = 6.0, steady_s: 
             res["false_alerts"] = sorted(set(watch.first) - dead_ips)
         return res
     finally:
-        if watch is not None:
-            watch.stop()
-        if cap is not None:
-            cap.stop()
-        stop_sensors(sensors)
-        if prom is not None:
-            prom.stop()
+        # each step on its own: a failing one must not leave the lab (or the host's limits) behind
+        for step in (watch.stop if watch else None, cap.stop if cap else None, lambda: stop_sensors(sensors),
+                     prom.stop if prom else None):
+            if step is not None:
+                with contextlib.suppress(Exception):
+                    step()
         Lab.destroy(name)
         shutil.rmtree(work, ignore_errors=True)
         # put the host's limits back: only those we raised, and only if nobody changed them since
@@ -260,7 +260,7 @@ def render(results: list[dict], dead_share: float, window: float, steady_s: floa
     rows, pairs, enf = [], [], []
     for r in results:
         if "error" in r:
-            rows.append([r["nodes"], "—", "—", "—", "—", "—", "—", "—", "—", f"failed: {r['error']}"])
+            rows.append([r["nodes"], "—", "—", "—", "—", "—", "—", "—", "—", "did not complete (below)", "—"])
             continue
         s = r["storm"]
         rows.append([r["nodes"], r["dead"], r["sensors"], f"{r['established_s']:.0f}", r["hold_time"],
@@ -296,6 +296,7 @@ def render(results: list[dict], dead_share: float, window: float, steady_s: floa
         "",
         table(["nodes", "dead", "sensors", "mesh up s", "hold s", "ARP/s before", "ARP/s storm", "…for dead peers",
                "alerts", "power-off → alert s (first / med / last)", "false alerts"], rows),
+        *[f"\n**{r['nodes']} nodes did not complete:** {r['error']}" for r in results if "error" in r],
         "",
         "Which (live asker, dead peer) pairs ask in the steady window, against Calico's string rule (a live "
         "node asks for a dead one when its address string sorts after the dead one's):",

@@ -17,4 +17,4 @@ def test_incident_smoke() -> None:
     assert r["alerted"] == 1 and r["false_alerts"] == [] and r["first_alert_s"] > 0
     assert r["storm"]["arp_per_s"] >= r["storm"]["dead_arp_per_s"] > 0
     text = incident.render([r, {"nodes": 9, "error": "too big"}], 0.25, 3.0, 3.0, 15.0)
-    assert "## The incident, scaled" in text and "failed: too big" in text
+    assert "## The incident, scaled" in text and "9 nodes did not complete:** too big" in text
