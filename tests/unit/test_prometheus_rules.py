@@ -63,7 +63,11 @@ def exported_names() -> set[str]:
         health = {"interval_s": 1.0, "poll_duration_ms": 3.0, "interfaces": 1, "frames_rx": 10, "frames_tx": 1,
                   "arp": 6, "request": 4, "reply": 1, "gratuitous": 0, "probe": 0, "other_op": 0, "malformed": 0,
                   "runt": 0, "vlan_too_deep": 0, "inserts": 3, "insert_fail": 0, "entries_live": 3,
-                  "entries_max": 1024, "entries_evicted": 0, "targets_live": 2}
+                  "entries_max": 1024, "entries_evicted": 0, "targets_live": 2,
+                  # the neighbour stage's fields (sensor/neigh/stage.py)
+                  "neigh_table_entries": 40, "neigh_gc_thresh3": 1024, "neigh_table_fill": 0.04,
+                  "neigh_table_fulls": 0, "neigh_res_failed": 2, "neigh_unresolved_discards": 0,
+                  "neigh_forced_gc_runs": 0}
         m.observe_event(health_event(health, 1.8e9, "h"))
         m.observe_event(warning_event("program-detached", "x", 1.8e9, "h"))
         m.observe_outputs({"-": {"queued": 0, "sent": 1, "dropped": 0, "errors": 0, "connected": True}})
