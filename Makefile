@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system venv demo test test-unit test-long lint bench clean
+.PHONY: install system vm-packages venv demo test test-unit test-long lint bench image-test vm-test clean
 
 install: system venv
 
@@ -13,6 +13,10 @@ system:
 	@./scripts/install-system.sh
 
 venv: $(STAMP)
+
+# The heavy packages (podman, qemu, libvirt, vagrant-libvirt, mmdebstrap) only image-test/vm-test need.
+vm-packages:
+	@./scripts/install-vm.sh
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "venv: creating $(VENV) from /usr/bin/python3 with system site-packages (for bcc)"; \
@@ -37,6 +41,10 @@ test-unit: venv
 
 lint: venv
 	@$(PY) -m ruff check sensor tests bench
+
+# The container image built without a registry and run as deploy/kubernetes/daemonset.yaml runs it.
+image-test: install vm-packages
+	@$(PY) -m pytest tests/artifacts/test_image.py -v
 
 bench: install
 	@$(PY) -m bench all
