@@ -24,10 +24,10 @@ import pytest
 
 from tests.support import frames as F
 from tests.support.deployed import manifests
-from tests.support.fixtures_netns import REPO, VethPair, attached_programs, needs_root, ns_exec, unique
+from tests.support.fixtures_netns import REPO, VethPair, attached_programs, ns_exec, unique
 from tests.support.fixtures_schema import parse_events
 
-pytestmark = [needs_root, pytest.mark.root, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 TAG = os.environ.get("ARP_SENSOR_TEST_IMAGE", "localhost/arp-sensor:image-test")
 NODE_NAME, NODE_IP, PEER_IP = "node-image-test", "198.18.0.2", "198.18.0.1"
