@@ -12,7 +12,7 @@ PKGS=(
   mmdebstrap                                  # Debian root trees from Debian's mirror (no image registry)
   podman buildah runc                         # build and run the container image offline (runc: cgroup v1/hybrid hosts, where crun refuses)
   qemu-system-x86 qemu-utils                  # the VMs (TCG when KVM is unusable)
-  libvirt-daemon-system libvirt-clients dnsmasq-base   # vagrant-libvirt's backend
+  libvirt-daemon-system libvirt-clients dnsmasq-base iptables  # vagrant-libvirt's backend (its networks' rules)
   vagrant vagrant-libvirt rsync               # the lab itself; rsync for its synced folder
   extlinux syslinux-common fdisk e2fsprogs    # a bootable disk image without a VM or a registry
   openssh-client                              # vagrant ssh
