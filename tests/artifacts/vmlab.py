@@ -49,7 +49,7 @@ def root_ns_state() -> dict[str, object]:
     rules = sh("iptables-save", check=False).stdout if shutil.which("iptables-save") else ""
     nft = sh("nft", "list", "ruleset", check=False).stdout if shutil.which("nft") else ""
     strip = lambda t: "\n".join(x for x in t.splitlines() if not x.startswith("#"))  # noqa: E731 (timestamps)
-    root_net = _netns_of(1)
+    root_net = os.stat("/proc/self/ns/net").st_ino  # the test runs in the machine's own namespace
     dnsmasq = [p for p in _pids("dnsmasq") if _netns_of(p) == root_net]
     return {"links": links, "iptables": strip(rules), "nft": nft, "dnsmasq_in_root_ns": dnsmasq}
 
@@ -151,16 +151,19 @@ class VmLab:
         return sh("ip", "netns", "exec", self.ns, *cmd, check=check, timeout=timeout, **kw)
 
     def vagrant(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
+        """vagrant inside the namespace; its output goes to the log as it runs (and is returned)."""
         env = {**os.environ, **self.env}
         t0 = time.monotonic()
-        r = subprocess.run(["ip", "netns", "exec", self.ns, "vagrant", *args], cwd=REPO / "vagrant", env=env,
-                           capture_output=True, text=True, timeout=timeout)
+        out = self.tmp / "vagrant.last"
+        with open(out, "w") as f:
+            r = subprocess.run(["ip", "netns", "exec", self.ns, "vagrant", *args], cwd=REPO / "vagrant", env=env,
+                               stdout=f, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        text = out.read_text(errors="replace")
         with open(self.log, "a") as f:  # type: ignore[arg-type]
-            f.write(f"\n$ vagrant {' '.join(args)}  ({time.monotonic() - t0:.0f} s, exit {r.returncode})\n")
-            f.write(r.stdout + r.stderr)
+            f.write(f"\n$ vagrant {' '.join(args)}  ({time.monotonic() - t0:.0f} s, exit {r.returncode})\n{text}")
         if check and r.returncode != 0:
-            raise AssertionError(f"vagrant {' '.join(args)} exited {r.returncode}: {(r.stderr or r.stdout)[-3000:]}")
-        return r
+            raise AssertionError(f"vagrant {' '.join(args)} exited {r.returncode}: {text[-3000:]}")
+        return subprocess.CompletedProcess(r.args, r.returncode, text, "")
 
     def ssh_config(self) -> Path:
         cfg = self.tmp / "ssh_config"
@@ -189,6 +192,9 @@ class VmLab:
         m = re.search(r"<bridge name='([^']+)'", xml)
         assert m, xml
         return m.group(1)
+
+    def dnsmasq_in_lab_ns(self) -> list[int]:
+        return [p for p in _pids("dnsmasq") if _netns_of(p) == _netns_inode(self.ns)]
 
     def qemu_pids(self) -> list[int]:
         return [p for p in _pids("qemu-system-x86_64") if _netns_of(p) == _netns_inode(self.ns)]
