@@ -14,6 +14,12 @@ PKGS=(
   prometheus                                           # promtool (rule tests) and a real server for the lab test
 )
 
+# --list: the package names only (vagrant/box/build.sh bakes them into the offline lab box).
+if [ "${1:-}" = --list ]; then
+  printf '%s\n' "${PKGS[@]}"
+  exit 0
+fi
+
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-system: must run as root (apt-get, /lib/modules)" >&2
   exit 2

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Provisions one lab VM: the project's own installer, then BIRD with the Calico-style mesh config from
-# sensor.lab.birdconf (the renderer the netns lab uses), then arp-sensor as a service.
+# Provisions one lab VM the way the README installs arp-sensor on a real host: the project's own installer
+# (`make install`: scripts/install-system.sh, then the venv), the /usr/local/bin link, the shipped systemd unit
+# from deploy/systemd with its config file; then BIRD with the Calico-style mesh config from
+# sensor.lab.birdconf (the renderer the netns lab uses) on Calico's socket path.
 # Usage (Vagrant runs it as root): provision.sh MY_IP ALL_IPS_COMMA_SEPARATED HOLD_TIME
 set -euo pipefail
 MY_IP=$1
 MESH=$2
 HOLD=${3:-6}
 SRC=/opt/arp-sensor
+LOG=/var/log/arp-sensor/events.json # the unit's LogsDirectory: writable under ProtectSystem=strict
 
 cd "$SRC"
-./scripts/install-system.sh
-make venv
+# the sensor alone, no test tools (VENV_EXTRAS=); offline with the box from vagrant/box/build.sh: every
+# Debian package and wheel is already there
+make install VENV_EXTRAS=
+ln -sf "$SRC/.venv/bin/arp-sensor" /usr/local/bin/arp-sensor
 
 # the interface that carries MY_IP (eth1 on most boxes, but do not guess)
 IFACE=$(ip -o -4 addr show | awk -v ip="$MY_IP" '{split($4, a, "/"); if (a[1] == ip) print $2}')
@@ -39,27 +44,19 @@ Restart=on-failure
 WantedBy=multi-user.target
 UNIT
 
-# the sensor, writing JSON lines to a file an operator can tail (and a log shipper could read);
-# BGP correlation through Calico's socket path when this arp-sensor has it
-BIRD_FLAG=""
-if "$SRC/.venv/bin/arp-sensor" run --help | grep -q -- --bird-socket; then
-  BIRD_FLAG="--bird-socket /var/run/calico/bird.ctl"
-fi
-cat > /etc/systemd/system/arp-sensor.service <<UNIT
-[Unit]
-Description=arp-sensor on $IFACE (arp-sensor VM lab)
-After=arp-lab-bird.service
-
-[Service]
-ExecStart=/bin/sh -c 'exec $SRC/.venv/bin/arp-sensor run -i $IFACE --interval 1 --min-requests 1 $BIRD_FLAG >> /var/log/arp-sensor.jsonl'
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+# arp-sensor exactly as docs/operations.md installs it: the shipped unit, config.toml with the lab NIC, and
+# the flags in /etc/default/arp-sensor: BGP correlation through Calico's socket, JSON lines to a file an
+# operator can tail (and the journal).
+install -D -m644 deploy/systemd/arp-sensor.service /etc/systemd/system/arp-sensor.service
+install -D -m644 deploy/systemd/config.toml /etc/arp-sensor/config.toml
+sed -i "s/^interface = .*/interface = [\"$IFACE\"]/; s/^# min-requests = .*/min-requests = 1/" /etc/arp-sensor/config.toml
+install -D -m644 deploy/systemd/arp-sensor.env /etc/default/arp-sensor
+sed -i "s|^ARP_SENSOR_OPTS=.*|ARP_SENSOR_OPTS=--bird-socket /var/run/calico/bird.ctl -o - -o file:$LOG ${ARP_LAB_SENSOR_OPTS:-}|" \
+  /etc/default/arp-sensor
 
 systemctl daemon-reload
 systemctl enable --now arp-lab-bird.service
 systemctl restart arp-lab-bird.service
-systemctl enable --now arp-sensor.service
-echo "provision: $(hostname) $MY_IP on $IFACE: BIRD mesh with ${MESH//,/ } (hold time $HOLD), arp-sensor -> /var/log/arp-sensor.jsonl"
+systemctl enable arp-sensor.service
+systemctl restart arp-sensor.service # returns once READY=1: compiled and attached
+echo "provision: $(hostname) $MY_IP on $IFACE: BIRD mesh with ${MESH//,/ } (hold time $HOLD), arp-sensor -> $LOG"

@@ -228,7 +228,43 @@ def probe_datapath(depends: list[Check]) -> list[Check]:
     return out
 
 
-def run_checks(bird_sockets: list[str]) -> list[Check]:
+XDP_MODES = {"xdp": "driver (native) mode", "xdpgeneric": "generic (skb) mode", "xdpoffload": "offload mode",
+             "xdpmulti": "several modes"}
+
+
+def check_attached(interfaces: list[str]) -> list[Check]:
+    """What is attached to the watched interfaces now, and in which XDP mode (a running sensor, or what a
+    killed one left): `--xdp-mode auto` picks driver mode where the NIC's driver has it, else generic."""
+    import socket
+
+    from pyroute2 import IPRoute
+
+    from sensor.kernel.bpfsys import prog_name_by_id
+    from sensor.kernel.datapath import PROG_XDP, TC_PARENT_EGRESS, TC_PARENT_INGRESS, tc_filters, xdp_query
+
+    out = []
+    for ifname in interfaces:
+        name = f"attached-{ifname}"
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            out.append(Check(name, WARN, f"{ifname}: no such interface here", "check `interface` in the config"))
+            continue
+        prog_id, mode = xdp_query(ifindex)
+        parts = []
+        if prog_id:
+            owner = "arp-sensor" if prog_name_by_id(prog_id) == PROG_XDP else "another program's"
+            parts.append(f"{owner} XDP in {XDP_MODES.get(str(mode), str(mode))} (prog id {prog_id})")
+        with IPRoute() as ipr:
+            for hook, parent in (("ingress", TC_PARENT_INGRESS), ("egress", TC_PARENT_EGRESS)):
+                filters = tc_filters(ipr, ifindex, parent)
+                if filters:
+                    parts.append(f"tc {hook}: {len(filters)} filter(s)")
+        out.append(Check(name, OK, f"{ifname}: " + ("; ".join(parts) if parts else "nothing attached")))
+    return out
+
+
+def run_checks(bird_sockets: list[str], interfaces: list[str] | None = None) -> list[Check]:
     from sensor.peers.book import CALICO_BIRD_SOCKETS
 
     checks = [check_kernel(), check_btf(), check_bpf_syscall(), check_jit()]
@@ -237,6 +273,7 @@ def run_checks(bird_sockets: list[str]) -> list[Check]:
     checks += probe_datapath([checks[0], checks[2], *base])
     checks += [check_bpffs(), check_pyroute2()]
     checks += check_bird(list(bird_sockets) or list(CALICO_BIRD_SOCKETS), explicit=bool(bird_sockets))
+    checks += check_attached(list(interfaces or []))
     return checks
 
 
@@ -253,8 +290,11 @@ COLORS = {OK: "green", WARN: "yellow", FAIL: "red", SKIP: "bright_black"}
 @click.option("--bird-socket", "bird_sockets", multiple=True, metavar="PATH",
               help="BIRD control socket to check (repeatable); a missing one is a failure. "
                    "Default: /var/run/calico/bird.ctl and bird6.ctl, a warning when absent.")
+@click.option("-i", "--interface", "interfaces", multiple=True, metavar="IFACE",
+              help="Interface to report what is attached to, and the XDP mode (repeatable; the config file's "
+                   "top-level `interface` applies).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per check, for scripts.")
-def doctor(bird_sockets: tuple[str, ...], as_json: bool) -> None:
+def doctor(bird_sockets: tuple[str, ...], interfaces: tuple[str, ...], as_json: bool) -> None:
     """Check this host: kernel, BPF features, headers for bcc, privileges, BIRD sockets.
 
     Prints each check as ok / warn / fail with the exact fix. The BPF features (loading a program,
@@ -265,11 +305,12 @@ def doctor(bird_sockets: tuple[str, ...], as_json: bool) -> None:
     Examples:
       sudo arp-sensor doctor
       sudo arp-sensor doctor --bird-socket /var/run/calico/bird.ctl
+      sudo arp-sensor doctor -i eth0            # what is attached to eth0, XDP driver or generic mode
       arp-sensor doctor --json | jq -r 'select(.status=="fail") | .fix'
 
     Exit codes: 0 everything arp-sensor needs works (warnings are fine), 3 something it needs fails.
     """
-    checks = run_checks(list(bird_sockets))
+    checks = run_checks(list(bird_sockets), list(interfaces))
     failed = [c for c in checks if c.status == FAIL]
     if as_json:
         for c in checks:

@@ -94,3 +94,18 @@ def doctor_namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.startswith("asdoc")}
 
 
+
+
+def test_doctor_reports_what_is_attached_and_the_xdp_mode(veth_pair, sensor):
+    """`doctor -i IFACE` names the XDP mode of what runs there (veth has a native XDP driver, like virtio-net:
+    make vm-test checks the same on a VM's NIC) and says so when nothing is attached."""
+    ns = ("ip", "netns", "exec", veth_pair.b)
+    c = checks(doctor("--json", "-i", veth_pair.b_if, "-i", "nope0", prefix=ns))
+    assert c[f"attached-{veth_pair.b_if}"] == {"name": f"attached-{veth_pair.b_if}", "status": "ok",
+                                               "detail": f"{veth_pair.b_if}: nothing attached", "fix": ""}
+    assert c["attached-nope0"]["status"] == "warn" and "no such interface" in c["attached-nope0"]["detail"]
+    for mode, words in (("native", "driver (native) mode"), ("generic", "generic (skb) mode")):
+        s = sensor(veth_pair.b, ["-i", veth_pair.b_if, "--xdp-mode", mode])
+        detail = checks(doctor("--json", "-i", veth_pair.b_if, prefix=ns))[f"attached-{veth_pair.b_if}"]["detail"]
+        assert f"arp-sensor XDP in {words}" in detail and "tc egress" in detail, detail
+        assert s.finish() == 0

@@ -142,6 +142,30 @@ def test_daemonset_args_and_config_parse_with_the_real_cli(tmp_path):
         assert dm["run"]["binding_state"].startswith("/var/lib/arp-sensor/")  # on the hostPath mount
 
 
+def test_manifests_validate_against_kubernetes_schemas():
+    """Every manifest against the Kubernetes OpenAPI schemas kubernetes-validate bundles (offline, strict:
+    an unknown or misspelt field fails, as `kubectl apply --validate=strict` would)."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for d in manifests():
+        kubernetes_validate.validate(d, version, strict=True)  # raises ValidationError with the path
+
+
+def test_schema_validation_catches_a_broken_manifest():
+    import kubernetes_validate
+
+    ds = next(d for d in manifests() if d["kind"] == "DaemonSet")
+    broken = yaml.safe_load(yaml.safe_dump(ds))
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilites"] = {}  # misspelt
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+    broken = yaml.safe_load(yaml.safe_dump(ds))
+    broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "9464"  # not an int
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed")
 def test_kubectl_kustomize_builds():
     r = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
