@@ -88,6 +88,7 @@ BPF_TABLE("lru_percpu_hash", struct nd_key, struct arp_val, nd_counts, ARP_SENSO
 BPF_PERCPU_ARRAY(health, struct health_counters, 1);
 /* 2 x slots entries (at least 2: a map cannot be empty, and --fast-slots 0 still declares it). */
 BPF_PERCPU_ARRAY(arp_fast, struct arp_fast_slot, ARP_SENSOR_FAST_SLOTS ? 2 * ARP_SENSOR_FAST_SLOTS : 2);
+BPF_PERCPU_ARRAY(nd_fast, struct nd_fast_slot, ARP_SENSOR_FAST_SLOTS ? 2 * ARP_SENSOR_FAST_SLOTS : 2);
 BPF_ARRAY(fast_epoch, struct fast_epoch, 1);
 BPF_HASH(limits, struct limit_key, struct limit_val, ARP_SENSOR_MAX_LIMITS);
 BPF_ARRAY(limits_active, struct limits_active, 1);
@@ -218,6 +219,19 @@ static __always_inline void count_arp(struct arp_key *k, struct health_counters 
 		return;
 #endif
 	count(k, h);
+}
+
+/* One ND frame: the same fast path with its own array (same epoch), else the ND LRU map. */
+static __always_inline void count_nd_fast(struct nd_key *k, struct health_counters *h)
+{
+#if ARP_SENSOR_FAST_SLOTS
+	__u32 idx = fast_index((const __u64 *)k, sizeof(*k) / 8);
+	struct nd_fast_slot *slot = nd_fast.lookup(&idx);
+
+	if (slot && fast_take((__u64 *)slot, (const __u64 *)k, sizeof(*k) / 8, h))
+		return;
+#endif
+	count_nd(k, h);
 }
 
 /* Skips at most VLAN_MAX_DEPTH tags. *vlan gets the outermost VID unless the caller already knows it
@@ -464,7 +478,7 @@ static __always_inline int handle_nd(struct hdr_cursor *nh, void *data_end, stru
 		return 0;
 	}
 	int ns = nd->type == ND_NEIGHBOUR_SOLICIT;
-	struct nd_key k = {};
+	struct nd_key k __attribute__((aligned(8))) = {}; /* read as 8-byte words by the fast path */
 
 	k.ifindex = ifindex;
 	k.vlan = vlan;
@@ -507,7 +521,7 @@ static __always_inline int handle_nd(struct hdr_cursor *nh, void *data_end, stru
 		h->nd_advert_unsolicited += 1;
 		k.kind = ND_KIND_NA_UNSOLICITED;
 	}
-	count_nd(&k, h);
+	count_nd_fast(&k, h);
 	/* Counted first, as for ARP requests. */
 #ifndef ARP_SENSOR_NO_LIMITS
 	if (k.kind == ND_KIND_NS)

@@ -167,7 +167,7 @@ class Datapath:
     def maps(self) -> MapFds:
         """The counting maps, for sensor.kernel.reader.MapReader."""
         return MapFds(self.bpf[b"arp_counts"].map_fd, self.bpf[b"health"].map_fd, self.bpf[b"arp_fast"].map_fd,
-                      self.bpf[b"fast_epoch"].map_fd, self.fast_slots, self.nd_map_fd)
+                      self.bpf[b"fast_epoch"].map_fd, self.fast_slots, self.nd_map_fd, self.bpf[b"nd_fast"].map_fd)
 
     @property
     def nd_map_fd(self) -> int:

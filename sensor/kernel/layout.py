@@ -34,6 +34,8 @@ KEY_F_MAC_MISMATCH = 1
 DEFAULT_MAX_ENTRIES = 32768
 # struct arp_fast_slot {struct arp_key key; u64 count, first_seen_ns;}: one per-CPU fast-path slot
 ARP_FAST_SLOT = struct.Struct("<24s2Q")
+# struct nd_fast_slot {struct nd_key key; u64 count, first_seen_ns;}
+ND_FAST_SLOT = struct.Struct("<48s2Q")
 # struct fast_epoch {u32 half; u32 pad;}
 FAST_EPOCH = struct.Struct("<I4x")
 

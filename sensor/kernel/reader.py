@@ -23,6 +23,7 @@ from sensor.kernel.layout import (
     KIND_PROBE,
     KIND_REPLY,
     KIND_REQUEST,
+    ND_FAST_SLOT,
     ND_KEY,
     health_names,
     health_struct,
@@ -115,13 +116,18 @@ class EntryTable:
     def from_nd_raw(cls, keys: bytes, vals: bytes, n: int, ncpu: int) -> EntryTable:
         """From a batch read of nd_counts: n packed struct nd_key (the ND kinds share the ARP kinds'
         numbers, so the table needs no translation), n x ncpu per-CPU values."""
-        k = np.frombuffer(keys, dtype=ND_KEY_DTYPE, count=n)
         slot_words = bpfsys.percpu_value_size(ARP_VAL.size) // 8
         v = np.frombuffer(vals, dtype="<u8", count=n * ncpu * slot_words).reshape(n, ncpu, slot_words)
+        return cls.from_nd_keys(keys, n, v[:, :, 0].sum(axis=1, dtype=np.uint64),
+                                v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64))
+
+    @classmethod
+    def from_nd_keys(cls, keys: bytes, n: int, count: np.ndarray, first: np.ndarray) -> EntryTable:
+        """n packed struct nd_key and their values."""
+        k = np.frombuffer(keys, dtype=ND_KEY_DTYPE, count=n)
         macw = k["macw"]
         return cls(k["ifindex"].copy(), k["ip"].copy(), k["peer"].copy(), k["vlan"].copy(), k["dir"].copy(),
-                   k["kind"].copy(), v[:, :, 0].sum(axis=1, dtype=np.uint64),
-                   v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64), bytes(keys[: n * ND_KEY.size]),
+                   k["kind"].copy(), count, first, bytes(keys[: n * ND_KEY.size]),
                    mac=macw & _MAC_MASK, flags=(macw >> np.uint64(48)).astype(np.uint8),
                    family=np.full(n, FAMILY_IPV6, np.uint8))
 
@@ -240,7 +246,8 @@ class MapFds:
     fast: int  # arp_fast: per-CPU array of 2 x fast_slots struct arp_fast_slot
     epoch: int  # fast_epoch: array, one struct fast_epoch
     fast_slots: int  # 0: the fast path is compiled out
-    nd: int | None = None  # nd_counts: the IPv6 neighbour discovery LRU map (its fast path: not yet)
+    nd: int | None = None  # nd_counts: the IPv6 neighbour discovery LRU map
+    nd_fast: int | None = None  # nd_fast: its fast-path array (same epoch, same slots)
 
 
 class FastDrain:
@@ -249,12 +256,16 @@ class FastDrain:
     (membarrier(MEMBARRIER_CMD_GLOBAL): XDP and tc programs run inside RCU read-side sections, so no
     program still writes the retired half when it returns), read the retired half of every CPU, zero
     what was used. Where membarrier GLOBAL is refused (nohz_full kernels), the retired half is read one
-    interval later instead (`grace` says which)."""
+    interval later instead (`grace` says which). Both families' arrays (arp_fast, nd_fast) follow the one
+    epoch: one flip and one grace period drain both."""
 
-    def __init__(self, fast_fd: int, epoch_fd: int, slots: int) -> None:
+    def __init__(self, fast_fd: int, epoch_fd: int, slots: int, nd_fast_fd: int | None = None) -> None:
         self.fast_fd, self.epoch_fd, self.slots = fast_fd, epoch_fd, slots
         self.ncpu = bpfsys.possible_cpus()
-        self.slot_size = bpfsys.percpu_value_size(ARP_FAST_SLOT.size)
+        # (map fd, per-CPU slot size, key words, table builder) per family
+        self.arrays = [(fast_fd, bpfsys.percpu_value_size(ARP_FAST_SLOT.size), 3, EntryTable.from_keys)]
+        if nd_fast_fd is not None:
+            self.arrays.append((nd_fast_fd, bpfsys.percpu_value_size(ND_FAST_SLOT.size), 6, EntryTable.from_nd_keys))
         raw = bpfsys.map_lookup(epoch_fd, ZERO_KEY, FAST_EPOCH.size)
         self.half = FAST_EPOCH.unpack(raw)[0] & 1 if raw else 0
         self.grace = "membarrier" if bpfsys.membarrier_global_available() else "interval"
@@ -263,7 +274,7 @@ class FastDrain:
         self._waiter: threading.Thread | None = None
         self._grace_error: OSError | None = None
         self._kbuf = np.empty(4 * slots, dtype=np.uint8)
-        self._vbuf = np.empty(slots * self.ncpu * self.slot_size, dtype=np.uint8)
+        self._vbuf = np.empty(slots * self.ncpu * max(a[1] for a in self.arrays), dtype=np.uint8)
         self.drains = 0
         self.last_grace_ms = 0.0  # how long the last grace period took (a wait, not CPU)
 
@@ -314,27 +325,33 @@ class FastDrain:
         return out
 
     def _read_and_zero(self, half: int) -> EntryTable:
+        """Both families' retired halves, ARP rows first."""
+        tables = [self._read_and_zero_one(half, *a) for a in self.arrays]
+        return tables[0] if len(tables) == 1 else EntryTable.concat(tables[0], tables[1])
+
+    def _read_and_zero_one(self, half: int, fd: int, slot_size: int, kw: int, build) -> EntryTable:  # type: ignore[no-untyped-def]
         s, ncpu = self.slots, self.ncpu
-        n = bpfsys.array_lookup_batch_into(self.fast_fd, half * s, s, self._kbuf.ctypes.data,
-                                           self._vbuf.ctypes.data, ncpu * self.slot_size)
-        words = self.slot_size // 8
-        v = self._vbuf[: n * ncpu * self.slot_size].view("<u8").reshape(n, ncpu, words)
-        count = v[:, :, 3]
+        n = bpfsys.array_lookup_batch_into(fd, half * s, s, self._kbuf.ctypes.data, self._vbuf.ctypes.data,
+                                           ncpu * slot_size)
+        words = slot_size // 8
+        v = self._vbuf[: n * ncpu * slot_size].view("<u8").reshape(n, ncpu, words)
+        count = v[:, :, kw]  # the slot: kw key words, then count, then first_seen_ns
         used = count != 0
         rows = np.flatnonzero(used.reshape(-1))  # (slot, cpu) in slot order
-        keys = np.ascontiguousarray(v.reshape(-1, words)[rows, :3])
-        table = EntryTable.from_keys(keys.tobytes(), len(rows), count.reshape(-1)[rows].copy(),
-                                     v[:, :, 4].reshape(-1)[rows].copy())
+        keys = np.ascontiguousarray(v.reshape(-1, words)[rows, :kw])
+        table = build(keys.tobytes(), len(rows), count.reshape(-1)[rows].copy(),
+                      v[:, :, kw + 1].reshape(-1)[rows].copy())
         slots_used = np.flatnonzero(used.any(axis=1))
         if len(slots_used):  # nobody writes this half until the next flip
             idx = (slots_used + half * s).astype("<u4")
-            bpfsys.map_update_batch(self.fast_fd, idx.tobytes(), bytes(len(idx) * ncpu * self.slot_size), len(idx))
+            bpfsys.map_update_batch(fd, idx.tobytes(), bytes(len(idx) * ncpu * slot_size), len(idx))
         return table
 
     def clear(self) -> None:
-        """Zeroes both halves (tests reset the maps between cases)."""
+        """Zeroes both halves of every array (tests reset the maps between cases)."""
         idx = np.arange(2 * self.slots, dtype="<u4")
-        bpfsys.map_update_batch(self.fast_fd, idx.tobytes(), bytes(len(idx) * self.ncpu * self.slot_size), len(idx))
+        for fd, slot_size, _kw, _build in self.arrays:
+            bpfsys.map_update_batch(fd, idx.tobytes(), bytes(len(idx) * self.ncpu * slot_size), len(idx))
         self._pending = None
 
 
@@ -372,7 +389,7 @@ class MapReader:
         self.nd_fd = maps.nd
         self.ncpu = bpfsys.possible_cpus()
         self.names = health_names()
-        self.fast = FastDrain(maps.fast, maps.epoch, maps.fast_slots) if maps.fast_slots else None
+        self.fast = FastDrain(maps.fast, maps.epoch, maps.fast_slots, maps.nd_fast) if maps.fast_slots else None
         self._fast_totals: dict[EntryKey, list[int]] = {}
         self._kbuf: np.ndarray | None = None
         self._vbuf: np.ndarray | None = None

@@ -237,11 +237,10 @@ class Harness:
             assert res.data_out[:len(frame)] == frame[:len(res.data_out)], "the program modified a frame"
             cur = self.reader.read_health()
             moved = {k: cur[k] - prev[k] for k in cur if cur[k] != prev[k] and k not in ("inserts", "nd_inserts")}
-            # A counted ARP frame goes to exactly one place: a fast-path slot (claim or hit) or the LRU map.
-            # (ND has no fast path yet: always its LRU map.)
+            # A counted frame (ARP or ND) goes to exactly one place: its family's fast-path slot (claim or
+            # hit) or, on a collision, its family's LRU map.
             placed = {k: moved.pop(k) for k in FAST_COUNTERS if k in moved}
-            arp_counted = bool(v.kind) and ":" not in (v.ip or "")
-            assert sum(placed.values()) == int(arp_counted), (entry, frame[:64].hex(), placed)
+            assert sum(placed.values()) == int(bool(v.kind)), (entry, frame[:64].hex(), placed)
             self.placed.update(placed)
             assert moved == dict(Counter(v.health)), f"{entry} frame {frame[:64].hex()}: kernel {moved}, reference {v}"
             prev = cur
@@ -265,20 +264,19 @@ class Harness:
             assert d == direction
             got_pairs[(s, t, vlan)] = n
         assert got_pairs == want_pairs
-        # Every LRU key was created exactly once, nothing was evicted or refused by either map, and the ARP
-        # LRU map holds exactly the frames that found their fast-path slot taken by another key.
+        # Every LRU key was created exactly once, nothing was evicted or refused by either map, and the LRU
+        # maps hold exactly the frames that found their fast-path slot taken by another key.
         h_end = self.reader.read_health()
         assert len(entries) == len(want_entries)
         got_entries = Counter()
         for (_ifindex, ip, peer, vlan, _d, kind, mac, flags), (n, _first) in entries.items():
             got_entries[(ip, peer, vlan, ND_KINDS[kind] if ":" in ip else KIND_NAMES[kind], mac, flags)] += n
         assert got_entries == want_entries
-        v6 = sum(1 for e in want_entries if ":" in e[0])
         lru = self.reader.read_table()
         arp_lru = lru.family == FAMILY_IPV4
         assert h_end["inserts"] - h_start["inserts"] == int(arp_lru.sum())
-        assert int(lru.count[arp_lru].sum()) == h_end["fast_collisions"] - h_start["fast_collisions"]
-        assert h_end["nd_inserts"] - h_start["nd_inserts"] == v6
+        assert h_end["nd_inserts"] - h_start["nd_inserts"] == int((~arp_lru).sum())
+        assert int(lru.count.sum()) == h_end["fast_collisions"] - h_start["fast_collisions"]
         assert h_end["insert_fail"] == h_start["insert_fail"]
         assert h_end["nd_insert_fail"] == h_start["nd_insert_fail"]
 

@@ -14,6 +14,7 @@ from collections import defaultdict
 import pytest
 
 from tests.netns.test_flood import ARP_HDR, stop, trafgen
+from tests.support import frames as F
 from tests.support.fixtures_netns import ns_exec
 
 pytestmark = [pytest.mark.skipif(shutil.which("trafgen") is None, reason="needs trafgen (netsniff-ng)")]
@@ -27,20 +28,28 @@ CFG = "".join(
   0x02, 0x00, 0x5e, 0x00, 0x02, 0x01, 198, 18, 100, 9,
   fill(0x00, 6), 198, 18, 210, {i}, fill(0x00, 18) }}
 """ for i in range(1, 9))
+# The same for IPv6: neighbour solicitations for 8 targets (nd_fast in front of nd_counts).
+TARGETS6 = [f"2001:db8::d2:{i}" for i in range(1, 9)]
+CFG6 = "".join("{ " + ", ".join(f"0x{b:02x}" for b in F.neighbour_solicitation("2001:db8::64:9", t)) + " }\n"
+               for t in TARGETS6)
+COUNTED = ("request", "reply", "gratuitous", "probe", "nd_solicit", "nd_dad", "nd_advert_solicited",
+           "nd_advert_unsolicited")  # every frame counted in a map, either family
 
 
 def rx_packets(ns: str, ifname: str) -> int:
     return int(ns_exec(ns, "cat", f"/sys/class/net/{ifname}/statistics/rx_packets").stdout)
 
 
-@pytest.mark.parametrize("attach", ["xdp", "tc"])
-def test_colliding_keys_and_reclaimed_slots_count_exactly(veth_pair, sensor, tmp_path, attach):
+@pytest.mark.parametrize(("attach", "family"), [("xdp", "arp"), ("tc", "arp"), ("xdp", "nd"), ("tc", "nd")])
+def test_colliding_keys_and_reclaimed_slots_count_exactly(veth_pair, sensor, tmp_path, attach, family):
     cfg = tmp_path / "storm.cfg"
-    cfg.write_text(CFG)
+    cfg.write_text(CFG if family == "arp" else CFG6)
+    targets, counter, count = (TARGETS, "request", "requests") if family == "arp" else \
+        (TARGETS6, "nd_solicit", "solicitations")
     s = sensor(veth_pair.b, ["-i", veth_pair.b_if, "--attach", attach, "--fast-slots", "2", "--interval", "0.1",
                              "--top", "0", "--min-requests", "1"])
     rx0 = rx_packets(veth_pair.b, veth_pair.b_if)
-    storm = trafgen(veth_pair.a, veth_pair.a_if, str(cfg), PER_TARGET * len(TARGETS), PPS, steady=True)
+    storm = trafgen(veth_pair.a, veth_pair.a_if, str(cfg), PER_TARGET * len(targets), PPS, steady=True)
     try:
         assert storm.wait(timeout=120) == 0, storm.stderr.read()
     finally:
@@ -50,21 +59,22 @@ def test_colliding_keys_and_reclaimed_slots_count_exactly(veth_pair, sensor, tmp
 
     got: dict[str, int] = defaultdict(int)
     for e in s.events("arp_sensor.target"):
-        if "arp" in e:  # the namespaces' own IPv6 neighbour discovery shows up as nd.* events: not ours here
-            got[e["destination"]["ip"]] += e["arp"]["requests"]
+        if family in e and e["destination"]["ip"] in targets:  # not the namespaces' own ND or ARP
+            got[e["destination"]["ip"]] += e[family][count]
     health = [e["arp_sensor"]["health"] for e in s.events("arp_sensor.health") if e["event"]["kind"] == "metric"]
-    total = {k: sum(h.get(k, 0) for h in health) for k in ("request", "fast_hits", "fast_claims", "fast_collisions")}
-    print(f"fastpath[{attach}]: rx {rx}, {len(health)} intervals, {total}")
+    total = {k: sum(h.get(k, 0) for h in health) for k in (*COUNTED, "fast_hits", "fast_claims", "fast_collisions")}
+    print(f"fastpath[{attach}, {family}]: rx {rx}, {len(health)} intervals, {total}")
     # Every storm frame reached the sensor's interface (besides them: the odd IPv6 router solicitation of a
     # new link) and was counted once, for the target it asked for: the storm is round robin, so each target
     # got exactly its share.
-    sent = PER_TARGET * len(TARGETS)
+    sent = PER_TARGET * len(targets)
     assert sent <= rx <= sent + 10
-    assert dict(got) == dict.fromkeys(TARGETS, PER_TARGET)
-    assert total["request"] == sent
-    assert total["fast_hits"] + total["fast_claims"] + total["fast_collisions"] == sent
+    assert dict(got) == dict.fromkeys(targets, PER_TARGET)
+    assert sent <= total[counter] <= sent + 10
+    # each counted frame, of either family, in exactly one place
+    assert total["fast_hits"] + total["fast_claims"] + total["fast_collisions"] == sum(total[k] for k in COUNTED)
     # Both places were used, and slots were claimed again after the flips (reclaimed), not once.
     assert total["fast_collisions"] > sent // 4 and total["fast_hits"] > sent // 20
-    flips = sum(1 for h in health if h.get("request", 0))
+    flips = sum(1 for h in health if h.get(counter, 0))
     assert flips >= 10 and total["fast_claims"] >= flips
     assert all(h["fast_slots"] == 2 and h["fast_drain_deferred"] == 0 for h in health)
