@@ -26,7 +26,7 @@ from sensor.bindings.engine import (
     Sighting,
 )
 from sensor.errors import SensorError
-from sensor.events.encode import Event, warning_event
+from sensor.events.encode import ErrorOnce, Event, warning_event
 from sensor.model import StageContext
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class BindingStage:
         self._grouper: Any = None  # sensor.bindings.rows.Grouper, made on the first interval
         self._bound: tuple[int, Any] | None = None  # (engine.version, sorted key hashes of the bindings)
         self._saved_at = 0.0
-        self._error: str | None = None
+        self._errors = ErrorOnce("binding-stage-error", "bindings")
 
     @classmethod
     def from_options(cls, ctx: StageContext, *, bindings: bool, binding_learn: float,
@@ -111,15 +111,10 @@ class BindingStage:
         try:
             events = self.engine.update(self._sightings(interval, now), now)
             events += self._maybe_save(now)
-            self._error = None
+            self._errors.ok()
             return events
         except Exception as e:
-            msg = f"{type(e).__name__}: {e}"
-            if msg == self._error:
-                return []
-            self._error = msg
-            return [warning_event("binding-stage-error", f"bindings skipped this interval: {msg}", now,
-                                  self.engine.hostname)]
+            return self._errors.warn(e, now, self.engine.hostname)
 
     def _sightings(self, interval: Any, now: float) -> list[Sighting]:
         """The interval's Sightings, minus the steady ones: a row whose key is already bound to its MAC

@@ -111,6 +111,25 @@ def warning_event(action: str, message: str, now: float, hostname: str | None = 
     return ev
 
 
+class ErrorOnce:
+    """A stage's interval hook never raises: an exception becomes one warning event per new error (the
+    same error again, interval after interval, is silent) until an interval succeeds."""
+
+    def __init__(self, action: str, skipped: str) -> None:
+        self.action, self.skipped = action, skipped  # e.g. "peer-stage-error", "peers/verdicts"
+        self.last: str | None = None
+
+    def ok(self) -> None:
+        self.last = None
+
+    def warn(self, e: Exception, now: float, hostname: str | None) -> list[Event]:
+        msg = f"{type(e).__name__}: {e}"
+        if msg == self.last:
+            return []
+        self.last = msg
+        return [warning_event(self.action, f"{self.skipped} skipped this interval: {msg}", now, hostname)]
+
+
 def peer_event(action: str, ip: str, message: str, now: float, *, peer: dict[str, Any] | None = None,
                evidence: dict[str, Any] | None = None, node_name: str | None = None,
                verdict: str | None = None, reason: str | None = None,

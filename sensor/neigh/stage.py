@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
-from sensor.events.encode import Event, warning_event
+from sensor.events.encode import ErrorOnce, Event, warning_event
 from sensor.model import StageContext
 from sensor.neigh.table import STATE_NAMES, Entry, NeighReader, TableStats
 
@@ -114,7 +114,7 @@ class NeighStage:
         self.ifnames: dict[int, str] = {}
         self.health: dict[str, Any] = {}
         self.unresolved: dict[str, str] = {}  # shared with the verdicts: updated in place every interval
-        self._error: str | None = None
+        self._errors = ErrorOnce("neigh-read-error", "the neighbour table read")
 
     @classmethod
     def from_options(cls, ctx: StageContext, *, neigh: bool, neigh_warn_fraction: float) -> NeighStage | None:
@@ -136,15 +136,10 @@ class NeighStage:
                 self.reader = NeighReader()
             entries = self.reader.entries(list(self.ifnames))
             self.health, events = self.pressure.update(self.reader.table(), entries, self.ifnames, now)
-            self._error = None
+            self._errors.ok()
         except Exception as e:
             self.health = {}
-            msg = f"{type(e).__name__}: {e}"
-            if msg == self._error:
-                return []
-            self._error = msg
-            return [warning_event("neigh-read-error", f"neighbour table not read this interval: {msg}", now,
-                                  self.pressure.hostname)]
+            return self._errors.warn(e, now, self.pressure.hostname)
         self.unresolved.clear()
         self.unresolved.update(self.pressure.unresolved)
         return events

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
-from sensor.events.encode import Event, warning_event
+from sensor.events.encode import ErrorOnce, Event
 from sensor.model import Interval, StageContext
 from sensor.peers import PeerBook, peer_fields
 from sensor.peers.book import CALICO_BIRD_SOCKETS
@@ -40,7 +40,7 @@ class PeerStage:
     def __init__(self, book: PeerBook, engine: VerdictEngine) -> None:
         self.book = book
         self.engine = engine
-        self._error: str | None = None
+        self._errors = ErrorOnce("peer-stage-error", "peers/verdicts")
         self._confirms = 0
 
     @classmethod
@@ -67,15 +67,10 @@ class PeerStage:
         try:
             events = self.book.refresh(now)
             events += self.engine.update(interval.windows, self.book, now)
-            self._error = None
+            self._errors.ok()
             return events
         except Exception as e:
-            msg = f"{type(e).__name__}: {e}"
-            if msg == self._error:
-                return []
-            self._error = msg
-            return [warning_event("peer-stage-error", f"peers/verdicts skipped this interval: {msg}", now,
-                                  self.engine.hostname)]
+            return self._errors.warn(e, now, self.engine.hostname)
 
     def annotate(self, ip: str) -> dict[str, Any] | None:
         peer = self.book.get(ip)

@@ -91,3 +91,16 @@ def test_stage_options_decorate_a_new_command() -> None:
     r = CliRunner().invoke(probe, [])
     assert r.exit_code == 0, r.output
     assert "rate_limit" in r.output and "bird_sockets" in r.output and "output" not in r.output
+
+
+def test_a_stage_error_is_one_warning_until_an_interval_succeeds() -> None:
+    from sensor.events.encode import ErrorOnce
+
+    errors = ErrorOnce("peer-stage-error", "peers/verdicts")
+    first = errors.warn(KeyError("x"), 1.0, "h")
+    assert [e["event"]["action"] for e in first] == ["peer-stage-error"]
+    assert first[0]["message"] == "peers/verdicts skipped this interval: KeyError: 'x'"
+    assert errors.warn(KeyError("x"), 2.0, "h") == []  # the same error again: silent
+    assert len(errors.warn(ValueError("y"), 3.0, "h")) == 1  # a new one is said
+    errors.ok()
+    assert len(errors.warn(ValueError("y"), 4.0, "h")) == 1  # after a good interval, said again
