@@ -143,13 +143,13 @@ def child(n: int, shape: str, intervals: int, with_perf: bool = False, peers: in
 
         def read() -> tuple[Snapshot, float, float, float, float]:
             """What MapReader.snapshot() does, timed in its parts: the kernel's batch copy, then the numpy
-            tables (per-CPU sums), the health read and the fast-path drain (flip, grace period, read and
+            tables, the health read and the fast-path drain (flip, grace period, read and
             zero one half). Returns (snapshot, t0, t1, t2, cpu0)."""
             t0, c0 = time.perf_counter(), time.process_time()
             keys, vals, count = reader.read_raw()
             t1 = time.perf_counter()
             snap = Snapshot(time.monotonic(), None, reader.read_health(),
-                            table=EntryTable.from_raw(keys, vals, count, reader.ncpu), fast=reader.read_fast())
+                            table=EntryTable.from_raw(keys, vals, count), fast=reader.read_fast())
             return snap, t0, t1, time.perf_counter(), c0
 
         def rest(snap: Snapshot, now: float) -> tuple[object, list, int, float, float]:

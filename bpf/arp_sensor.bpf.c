@@ -5,7 +5,8 @@
  *   arpsensor_tc_in   tc clsact ingress
  *   arpsensor_tc_eg   tc clsact egress
  * and arpsensor_limctl, never attached: user space runs it with BPF_PROG_TEST_RUN to refresh a limit.
- * Counters are per-CPU and cumulative: no atomics on the hot path, user space computes deltas.
+ * A frame is counted in a per-CPU fast-path slot (drained as deltas every interval, no atomics), or else
+ * in an LRU map entry shared by all CPUs (cumulative, one atomic add; user space computes deltas).
  * Parsing follows xdp-tools' parsing_helpers.h: a cursor, a bounds check before every read. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -83,8 +84,21 @@ struct nd_opt_ll_s {
 	__u8 addr[6];
 };
 
+/* The LRU maps behind the fast path hold one value per entry, shared by all CPUs and added to atomically
+ * (docs/architecture.md, "Why the LRU maps are not per-CPU"): their memory does not grow with the CPU
+ * count, user space reads 16 bytes per entry instead of 16 x CPUs, and the verifier inlines an LRU hash
+ * lookup (a per-CPU one is a helper call). The common LRU list, not BPF_F_NO_COMMON_LRU: that flag splits
+ * the entries between CPUs, and a storm is not spread over CPUs by RSS. ARP_SENSOR_PERCPU_LRU is defined
+ * only by bench/prog_cost.py, to measure the per-CPU maps this program used before against them. */
+#ifdef ARP_SENSOR_PERCPU_LRU
 BPF_TABLE("lru_percpu_hash", struct arp_key, struct arp_val, arp_counts, ARP_SENSOR_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct nd_key, struct arp_val, nd_counts, ARP_SENSOR_MAX_ENTRIES);
+#define COUNT_ONE(v) ((v)->count += 1)
+#else
+BPF_TABLE("lru_hash", struct arp_key, struct arp_val, arp_counts, ARP_SENSOR_MAX_ENTRIES);
+BPF_TABLE("lru_hash", struct nd_key, struct arp_val, nd_counts, ARP_SENSOR_MAX_ENTRIES);
+#define COUNT_ONE(v) __sync_fetch_and_add(&(v)->count, 1)
+#endif
 BPF_PERCPU_ARRAY(health, struct health_counters, 1);
 /* 2 x slots entries (at least 2: a map cannot be empty, and --fast-slots 0 still declares it). */
 BPF_PERCPU_ARRAY(arp_fast, struct arp_fast_slot, ARP_SENSOR_FAST_SLOTS ? 2 * ARP_SENSOR_FAST_SLOTS : 2);
@@ -114,7 +128,7 @@ static __always_inline void count(struct arp_key *key, struct health_counters *h
 	struct arp_val *v = arp_counts.lookup(key);
 
 	if (v) {
-		v->count += 1;
+		COUNT_ONE(v);
 		return;
 	}
 	struct arp_val init = {};
@@ -127,7 +141,7 @@ static __always_inline void count(struct arp_key *key, struct health_counters *h
 	/* -EEXIST: another CPU created it between our lookup and insert; add to theirs. */
 	v = arp_counts.lookup(key);
 	if (v)
-		v->count += 1;
+		COUNT_ONE(v);
 	else
 		h->insert_fail += 1;
 }
@@ -138,7 +152,7 @@ static __always_inline void count_nd(struct nd_key *key, struct health_counters 
 	struct arp_val *v = nd_counts.lookup(key);
 
 	if (v) {
-		v->count += 1;
+		COUNT_ONE(v);
 		return;
 	}
 	struct arp_val init = {};
@@ -150,7 +164,7 @@ static __always_inline void count_nd(struct nd_key *key, struct health_counters 
 	}
 	v = nd_counts.lookup(key); /* -EEXIST: another CPU created it */
 	if (v)
-		v->count += 1;
+		COUNT_ONE(v);
 	else
 		h->nd_insert_fail += 1;
 }

@@ -21,8 +21,9 @@
 #define ARP_KIND_GRATUITOUS 2 /* gratuitous ARP announcing ip (sender == target; peer = 0) */
 #define ARP_KIND_PROBE 3      /* address probes for ip (sender 0.0.0.0; peer = 0) */
 
-/* One map for everything, so an ARP frame costs exactly one hash lookup: per-target totals are sums
- * over entries, done in user space once per interval instead of in the kernel once per frame.
+/* One key for everything an ARP frame says, so a frame is counted in one place (its fast-path slot or its
+ * LRU entry): per-target totals are sums over entries, done in user space once per interval instead of
+ * in the kernel once per frame.
  * IPs are in network byte order, as on the wire. Keys are hashed and compared bytewise: every byte,
  * padding included, is written (zeroed) before use. Layout fixed for issues 15-17
  * (docs/architecture.md, "Kernel program"). */
@@ -94,9 +95,10 @@ struct fast_epoch {
 	__u32 pad;
 };
 
-/* Per-CPU, cumulative. first_seen_ns is written once, on the CPU that created the entry (BPF_NOEXIST:
- * a second CPU racing to create the same key adds to the first one's entry instead): when user space
- * sees it change, the LRU evicted the entry and it was re-created, so the count restarted. */
+/* An LRU entry's value, one for all CPUs: count is cumulative and added to atomically. first_seen_ns is
+ * written once, by the CPU that created the entry (BPF_NOEXIST: a second CPU racing to create the same
+ * key adds to the first one's entry instead): when user space sees it change, the LRU evicted the entry
+ * and it was re-created, so the count restarted. */
 struct arp_val {
 	__u64 count;
 	__u64 first_seen_ns;

@@ -29,7 +29,7 @@ from sensor.kernel.layout import (
     health_struct,
 )
 
-# (ifindex, ip, peer, vlan, dir, kind, mac, flags) -> (count, first_seen_ns), summed over CPUs. ip and peer
+# (ifindex, ip, peer, vlan, dir, kind, mac, flags) -> (count, first_seen_ns), LRU and fast path summed. ip and peer
 # are text (dotted quad, or RFC 5952 for IPv6), mac is "aa:bb:cc:dd:ee:ff", flags are KEY_F_*.
 EntryKey = tuple[int, str, str, int, int, int, str, int]
 EntryMap = dict[EntryKey, tuple[int, int]]
@@ -63,8 +63,8 @@ def is_v4(words: np.ndarray) -> np.ndarray:
 
 
 class EntryTable:
-    """The map's entries as parallel numpy arrays (one element per entry, per-CPU values already
-    summed): what the aggregator works on, so 100k entries cost a few vector operations per interval
+    """The map's entries as parallel numpy arrays (one element per LRU entry or per used fast-path slot of
+    a CPU): what the aggregator works on, so 100k entries cost a few vector operations per interval
     instead of 100k rounds of Python. Both families share the shape: `ip` and `peer` are 16-byte
     columns ((n, 2) little-endian u64 words whose bytes are the address in wire order; IPv4 as
     ::ffff:a.b.c.d) and `family` says which it is (FAMILY_IPV4/6). `mac` holds the 6 wire bytes read
@@ -95,13 +95,11 @@ class EntryTable:
         return bool((self.family == FAMILY_IPV4).all())
 
     @classmethod
-    def from_raw(cls, keys: bytes, vals: bytes, n: int, ncpu: int) -> EntryTable:
-        """From a batch read: n packed struct arp_key, n x ncpu per-CPU struct arp_val slots."""
-        slot_words = bpfsys.percpu_value_size(ARP_VAL.size) // 8
-        v = np.frombuffer(vals, dtype="<u8", count=n * ncpu * slot_words).reshape(n, ncpu, slot_words)
-        return cls.from_keys(keys, n, v[:, :, 0].sum(axis=1, dtype=np.uint64),
-                             # first_seen_ns is stamped on the creating CPU only: the others hold 0
-                             v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64))
+    def from_raw(cls, keys: bytes, vals: bytes, n: int) -> EntryTable:
+        """From a batch read of arp_counts: n packed struct arp_key, n struct arp_val (one value per
+        entry, shared by all CPUs)."""
+        v = np.frombuffer(vals, dtype="<u8", count=n * 2).reshape(n, 2)
+        return cls.from_keys(keys, n, v[:, 0].copy(), v[:, 1].copy())
 
     @classmethod
     def from_keys(cls, keys: bytes, n: int, count: np.ndarray, first: np.ndarray) -> EntryTable:
@@ -113,13 +111,11 @@ class EntryTable:
                    mac=macw & _MAC_MASK, flags=(macw >> np.uint64(48)).astype(np.uint8))
 
     @classmethod
-    def from_nd_raw(cls, keys: bytes, vals: bytes, n: int, ncpu: int) -> EntryTable:
+    def from_nd_raw(cls, keys: bytes, vals: bytes, n: int) -> EntryTable:
         """From a batch read of nd_counts: n packed struct nd_key (the ND kinds share the ARP kinds'
-        numbers, so the table needs no translation), n x ncpu per-CPU values."""
-        slot_words = bpfsys.percpu_value_size(ARP_VAL.size) // 8
-        v = np.frombuffer(vals, dtype="<u8", count=n * ncpu * slot_words).reshape(n, ncpu, slot_words)
-        return cls.from_nd_keys(keys, n, v[:, :, 0].sum(axis=1, dtype=np.uint64),
-                                v[:, :, 1].max(axis=1) if n else np.zeros(0, np.uint64))
+        numbers, so the table needs no translation), n struct arp_val."""
+        v = np.frombuffer(vals, dtype="<u8", count=n * 2).reshape(n, 2)
+        return cls.from_nd_keys(keys, n, v[:, 0].copy(), v[:, 1].copy())
 
     @classmethod
     def from_nd_keys(cls, keys: bytes, n: int, count: np.ndarray, first: np.ndarray) -> EntryTable:
@@ -241,7 +237,7 @@ class Snapshot:
 class MapFds:
     """The counting maps of one loaded program (Datapath.maps)."""
 
-    counts: int  # arp_counts: LRU per-CPU hash, cumulative
+    counts: int  # arp_counts: LRU hash, one value per entry, cumulative
     health: int  # health: per-CPU array, one struct health_counters
     fast: int  # arp_fast: per-CPU array of 2 x fast_slots struct arp_fast_slot
     epoch: int  # fast_epoch: array, one struct fast_epoch
@@ -416,7 +412,7 @@ class MapReader:
         between reads (allocating and zeroing megabytes per interval cost more than the numpy work);
         valid until the next read. A snapshot that missed entries would count their whole cumulative
         counts again in the next interval (a false storm), so the buffers grow instead of stopping."""
-        slot = bpfsys.percpu_value_size(ARP_VAL.size) * self.ncpu
+        slot = ARP_VAL.size  # one value per entry: the LRU maps are not per-CPU
         ksize = ND_KEY.size if nd else ARP_KEY.size
         buf = self._bufs[nd]
         if buf[0] is None:
@@ -445,10 +441,10 @@ class MapReader:
 
     def read_table(self) -> EntryTable:
         """The LRU maps alone (cumulative counts)."""
-        arp = EntryTable.from_raw(*self.read_raw(), self.ncpu)
+        arp = EntryTable.from_raw(*self.read_raw())
         if self.nd_fd is None:
             return arp
-        return EntryTable.concat(arp, EntryTable.from_nd_raw(*self.read_raw(nd=True), self.ncpu))
+        return EntryTable.concat(arp, EntryTable.from_nd_raw(*self.read_raw(nd=True)))
 
     def read_fast(self) -> EntryTable:
         """The fast path's counts since the previous drain (deltas; empty when compiled out)."""

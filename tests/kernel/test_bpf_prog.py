@@ -80,8 +80,7 @@ def test_struct_layout_matches_bcc(dp):
     """The user-space struct formats mirror bpf/arp_sensor.h exactly (bcc computed these from the C)."""
     assert ctypes.sizeof(dp.bpf[b"arp_counts"].Key) == ARP_KEY.size == 24
     assert ND_KEY.size == 48  # no map holds one yet: the header's _Static_assert checks the C side
-    leaf = dp.bpf[b"arp_counts"].Leaf  # per-CPU: an array of the C struct
-    assert ctypes.sizeof(leaf) // bpfsys.possible_cpus() == ARP_VAL.size
+    assert ctypes.sizeof(dp.bpf[b"arp_counts"].Leaf) == ARP_VAL.size  # one value per entry, not per CPU
     assert ctypes.sizeof(dp.bpf[b"health"].Leaf) // bpfsys.possible_cpus() == 8 * len(health_names())
 
 

@@ -422,7 +422,7 @@ def test_batch_read_always_reaches_the_end_of_the_map(dp, reader):
     # The first keys claim the (few) fast-path slots; the rest are LRU entries.
     in_lru = reader.read_health()["inserts"] - h0["inserts"]
     assert in_lru >= 1000 - FAST_SLOTS * bpfsys.possible_cpus()
-    keys, _values, n = bpfsys.map_lookup_batch(dp.maps.counts, ARP_KEY.size, ARP_VAL.size, 100, percpu=True)
+    keys, _values, n = bpfsys.map_lookup_batch(dp.maps.counts, ARP_KEY.size, ARP_VAL.size, 100)
     assert n == in_lru and len(set(ARP_KEY.iter_unpack(keys))) == in_lru
     harness.reset_maps()
 
@@ -440,7 +440,7 @@ def test_batch_read_into_a_full_buffer_returns_what_fits_and_says_so(dp, reader)
     harness.reset_maps()
     for i in range(1000):
         bpfsys.prog_test_run(dp.fn_xdp.fd, F.arp_request("198.18.0.1", f"198.19.{i // 250}.{i % 250 + 1}"))
-    slot = bpfsys.percpu_value_size(ARP_VAL.size) * bpfsys.possible_cpus()
+    slot = ARP_VAL.size
     for room in range(50, 450):
         kbuf = np.empty(ARP_KEY.size * room, dtype=np.uint8)
         vbuf = np.empty(slot * room, dtype=np.uint8)

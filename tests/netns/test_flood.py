@@ -73,7 +73,7 @@ def vm_rss_kib(pid: int) -> int:
 
 
 def map_memory(pid: int) -> dict[int, tuple[int, int]]:
-    """{map id: (max_entries, memlock bytes)} of the LRU per-CPU hash maps the process holds, from
+    """{map id: (max_entries, memlock bytes)} of the LRU hash maps the process holds, from
     /proc/PID/fdinfo: the kernel's own accounting of the map's memory."""
     out = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -84,7 +84,7 @@ def map_memory(pid: int) -> dict[int, tuple[int, int]]:
                 info = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        if int(info.get("map_type", "0")) == 10:  # BPF_MAP_TYPE_LRU_PERCPU_HASH
+        if int(info.get("map_type", "0")) == 9:  # BPF_MAP_TYPE_LRU_HASH
             out[int(info["map_id"])] = (int(info["max_entries"]), int(info["memlock"]))
     return out
 
