@@ -2,13 +2,14 @@
 /* bench/prog_cost.py's "where the time goes" variants: the ARP-request path rebuilt one step at a time as
  * separate XDP programs (compiled by bcc with -DVMAX=<map size>). The parser mirrors the shipped one
  * (ethertype, bounds, hrd/pro/hln/pln, op, sender/target copied out); the key is the 16-byte key the
- * shipped program used before the fast path (issue 15), which v_lru reproduces. */
+ * shipped program used before the fast path (issue 15), which v_lru reproduces with its per-CPU LRU map. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 
 struct vkey { u32 ifindex; u32 ip; u32 peer; u16 vlan; u8 dir; u8 kind; };
 struct vval { u64 count; u64 first_seen_ns; };
 BPF_TABLE("lru_percpu_hash", struct vkey, struct vval, m_lru, VMAX);
+BPF_TABLE("lru_hash", struct vkey, struct vval, m_lru_shared, VMAX);
 BPF_TABLE("percpu_hash", struct vkey, struct vval, m_phash, VMAX);
 BPF_TABLE("lru_percpu_hash", u32, struct vval, m_lru4, VMAX);
 BPF_PERCPU_ARRAY(v_health, struct vval, 1);
@@ -49,6 +50,20 @@ int v_ethertype(struct xdp_md *ctx)
     if ((void *)(eth + 1) > end)
         return XDP_PASS;
     return eth->h_proto == bpf_htons(ETH_P_ARP) ? XDP_DROP : XDP_PASS;
+}
+
+int v_ipv6_nexthdr(struct xdp_md *ctx)
+{
+    /* The least a program that looks for ND must do with any IPv6 frame: the ethertype, then the IPv6
+       header's bounds and its next header (58, ICMPv6). */
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+        return XDP_PASS;
+    u8 *ip6 = (u8 *)(eth + 1);
+    if ((void *)(ip6 + 40) > end)
+        return XDP_PASS;
+    return ip6[6] == 58 ? XDP_DROP : XDP_PASS;
 }
 
 int v_parse(struct xdp_md *ctx)
@@ -94,6 +109,23 @@ int v_lru(struct xdp_md *ctx)
         } else {
             struct vval init = { .count = 1 };
             m_lru.update(&k, &init);
+        }
+    }
+    return XDP_PASS;
+}
+
+int v_lru_shared(struct xdp_md *ctx)
+{
+    /* The LRU maps the shipped program keeps behind its fast path: one value for all CPUs, an atomic add. */
+    struct vkey k = {};
+    if (parse(ctx, &k)) {
+        bump_health();
+        struct vval *v = m_lru_shared.lookup(&k);
+        if (v) {
+            __sync_fetch_and_add(&v->count, 1);
+        } else {
+            struct vval init = { .count = 1 };
+            m_lru_shared.update(&k, &init);
         }
     }
     return XDP_PASS;

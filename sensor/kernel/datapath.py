@@ -130,7 +130,10 @@ class HookState:
 class Datapath:
     """The compiled program and its maps; attach/detach per interface."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, fast_slots: int | None = None) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, fast_slots: int | None = None,
+                 bench_defines: tuple[str, ...] = ()) -> None:
+        """bench_defines: extra -D names for bench/ only (builds of the program that are never shipped, such
+        as ARP_SENSOR_PERCPU_LRU, to measure against in the same run)."""
         problem = privileges_problem() or kernel_headers_problem()
         if problem:
             raise SensorError(problem, EXIT_ENV)
@@ -140,7 +143,7 @@ class Datapath:
         self.fast_slots = default_fast_slots() if fast_slots is None else fast_slots
         check_fast_slots(self.fast_slots)
         cflags = [f"-I{BPF_DIR}", f"-DARP_SENSOR_MAX_ENTRIES={max_entries}",
-                  f"-DARP_SENSOR_FAST_SLOTS={self.fast_slots}"]
+                  f"-DARP_SENSOR_FAST_SLOTS={self.fast_slots}", *(f"-D{d}" for d in bench_defines)]
         # bcc prints clang's diagnostics on fd 2; keep them for the error line, hide them otherwise.
         with tempfile.TemporaryFile() as errf:
             saved = os.dup(2)
