@@ -94,6 +94,18 @@ def interleaved(progs: dict[str, int], frame: bytes, repeat: int, runs: int) -> 
     return samples
 
 
+WARM_UP_S = 3.0
+
+
+def warm_up(progs: dict[str, int], frame: bytes, share: float = 1.0) -> None:
+    """Runs the programs, unmeasured, for a few seconds first (share × WARM_UP_S): the first second or two
+    after compiling measured up to 1.5× slower here (all of the first frame's runs, not one)."""
+    end = time.monotonic() + share * WARM_UP_S
+    while time.monotonic() < end:
+        for fd in progs.values():
+            bpfsys.prog_test_run(fd, frame, repeat=100_000)
+
+
 def paired(samples: dict[str, list[float]], a: str, b: str) -> float:
     """Median over runs of (a − b) in the same run: what a costs over b, with the drift between runs
     (which moves both alike) taken out."""
@@ -174,6 +186,7 @@ def _measure(repeat: int, runs: int, fills: tuple[int, ...], log: Callable[[str]
              OURS_TC_EG: dp.fn_tc_eg.fd, LRU_ONLY: off.fn_xdp.fd, BEFORE: before.fn_xdp.fd, COLLIDING: col.fn_xdp.fd}
     owner = {OURS: dp, OURS_TC_IN: dp, OURS_TC_EG: dp, LRU_ONLY: off, BEFORE: before, COLLIDING: col}
     holders = slot_holders({f: FRAMES[f] for f in FAST_FRAMES}, col.fast_slots)
+    warm_up(progs, FRAMES["ARP request"])
     rows = []
     filled = 0
     for fill in sorted(fills):
@@ -304,6 +317,7 @@ def measure_variants(repeat: int, runs: int, fill: int) -> list[dict]:
     for fn in ("v_lru", "v_lru_shared", "v_lru4", "v_phash"):
         prefill(progs[fn], 0, max(0, fill - 1))
     frame = FRAMES["ARP request"]
+    warm_up(progs, frame)
     samples = interleaved(progs, frame, repeat, runs)
     cost = costs(samples)
     ns = {p: c[0] for p, c in cost.items()}
@@ -334,6 +348,7 @@ def measure_nonarp(repeat: int, runs: int, ours_fd: int | None = None) -> list[d
         progs = {EMPTY: BPF(src_file=str(EMPTY_XDP).encode()).load_func(b"empty_xdp", BPF.XDP).fd,
                  minimal: b.load_func(minimal.encode(), BPF.XDP).fd, OURS: ours_fd}
         frame = FRAMES[fname]
+        warm_up(progs, frame, 0.3)
         samples = interleaved(progs, frame, repeat, runs)
         kern = {p: bpfsys.prog_test_run(fd, frame, repeat=repeat).duration_ns for p, fd in progs.items()}
         cost = costs(samples)

@@ -8,9 +8,10 @@ import pytest
 pytestmark = pytest.mark.usefixtures("docs_untouched")
 
 
-def test_prog_cost_smoke() -> None:
+def test_prog_cost_smoke(monkeypatch) -> None:
     from bench import prog_cost
 
+    monkeypatch.setattr(prog_cost, "WARM_UP_S", 0.0)
     rows = prog_cost.measure(repeat=50, runs=1, fills=(1, 40), log=lambda _m: None)
     programs = {r["program"] for r in rows}
     assert programs == {prog_cost.EMPTY, prog_cost.EMPTY2, prog_cost.OURS, prog_cost.OURS_TC_IN, prog_cost.OURS_TC_EG,
