@@ -371,8 +371,9 @@ def render(results: list[dict], mem: list[dict], intervals: int, load: str = "")
         "preallocated hash map costs `16 × roundup_pow2(max_entries)` for the buckets plus, per entry, "
         "`sizeof(htab_elem) 48 + round8(key)` and then either `round8(value)` (plain) or an 8-byte pointer "
         "plus `round8(value) × possible CPUs` (per-CPU); a per-CPU array costs `max_entries × (8 + "
-        "round8(value) × possible CPUs)`. For `arp_counts` that is `max_entries × (16 + 80 + 16 × CPUs)` "
-        "(24-byte key): the per-CPU value slots dominate from 8 CPUs up. *Possible* CPUs count, not online ones "
+        "round8(value) × possible CPUs)`. For `arp_counts` (an LRU hash with one value per entry, 24-byte key) "
+        "that is `max_entries × 104` whatever the CPU count; only the per-CPU fast-path arrays grow with "
+        "it. *Possible* CPUs count, not online ones "
         "(`/sys/devices/system/cpu/possible`). The fixed per-map header (a few hundred bytes) is taken from "
         "this kernel's report: the `here` column sets the computed variable part against what this "
         "kernel reports (bpftool `bytes_memlock`) — if the formula were wrong the difference would be "
@@ -383,7 +384,7 @@ def render(results: list[dict], mem: list[dict], intervals: int, load: str = "")
         "",
         f"- Target ≤ {MEM_TARGET_MIB:g} MiB on a 64-CPU host by default: "
         f"**{'met' if totals[64] / 2**20 <= MEM_TARGET_MIB else 'missed'}** ({totals[64] / 2**20:.1f} MiB; "
-        f"{totals[256] / 2**20:.0f} MiB at 256 CPUs — size `--max-entries` down there, memory is linear in it).",
+        f"{totals[256] / 2**20:.0f} MiB at 256 CPUs, most of it the fast-path arrays: `--fast-slots` sizes them).",
     ]
     return "\n".join(lines)
 

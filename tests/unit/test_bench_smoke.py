@@ -43,6 +43,9 @@ def test_map_memory_formula() -> None:
     # 16-byte buckets (power of two) + per entry 48 + 16 + 8 + 16 x CPUs
     assert map_bytes(m, 2) == 32768 * (16 + 72 + 32)
     assert map_bytes(m, 64) == 32768 * (16 + 72 + 1024)
+    # the shipped LRU maps: one value per entry, so the CPU count does not enter (24-byte key: 16 + 48 + 24 + 16)
+    shared = {"type": "lru_hash", "bytes_key": 24, "bytes_value": 16, "max_entries": 32768}
+    assert map_bytes(shared, 2) == map_bytes(shared, 256) == 32768 * 104
     assert map_bytes({"type": "percpu_array", "bytes_key": 4, "bytes_value": 88, "max_entries": 1}, 4) == 8 + 88 * 4
     assert map_bytes({"type": "ringbuf", "bytes_key": 0, "bytes_value": 0, "max_entries": 4096}, 2) is None
 
