@@ -48,11 +48,12 @@ def _log(msg: str) -> None:
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Written once every program is attached: start traffic after it appears.")
 @click.option("--max-entries", type=click.IntRange(256, 1 << 22), default=DEFAULT_MAX_ENTRIES, show_default=True,
-              help="Size of the in-kernel LRU map: one entry per (target, sender, MAC) and per replier. "
-                   "Kernel memory is about max-entries x (16 x CPUs + 96) bytes.")
+              help="Size of each in-kernel LRU map (ARP, ND): one entry per (target, sender, MAC) and per "
+                   "replier. Kernel memory is max-entries x 104 bytes (ARP) and x 128 (ND), whatever the CPUs.")
 @click.option("--fast-slots", type=click.IntRange(0, 1 << 16), default=None,
               help="Slots of the kernel's fast path per CPU (a power of two; 0 turns it off; default 1024). "
-                   "Kernel memory is 80 x fast-slots bytes per CPU (two halves of 40-byte slots).")
+                   "Kernel memory is 208 x fast-slots bytes per CPU (two halves of 40-byte ARP and 64-byte "
+                   "ND slots).")
 @click.option("--hostname", default=None, help="observer.hostname in events (default: this host's name).")
 @stage_options(outputs=True)
 def run(interfaces: tuple[str, ...], attach: str, xdp_mode: str, interval: float, duration: float | None,

@@ -174,7 +174,7 @@ class Datapath:
 
     @property
     def nd_map_fd(self) -> int:
-        """The IPv6 neighbour discovery counts (struct nd_key -> per-CPU struct arp_val)."""
+        """The IPv6 neighbour discovery counts (struct nd_key -> struct arp_val, one for all CPUs)."""
         return self.bpf[b"nd_counts"].map_fd
 
     @property
