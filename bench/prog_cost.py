@@ -80,17 +80,26 @@ def map_entries(map_fd: int, key_size: int, value_size: int, max_entries: int) -
 
 
 def interleaved(progs: dict[str, int], frame: bytes, repeat: int, runs: int) -> dict[str, list[float]]:
-    """ns/packet of each run of each program, timed by this thread's CPU clock around the test run (sub-ns
-    resolution: the kernel reports whole ns per repetition, and the 1.05× target is about 1.5 ns here;
-    the CPU clock, unlike the wall clock, stops while other jobs have the core; a syscall's own ~1 µs is
-    0.001 ns per repetition). Programs interleaved run by run, so drift (turbo, noisy neighbours) hits
-    all alike and each run can be compared with its neighbours (paired())."""
-    samples: dict[str, list[float]] = {p: [] for p in progs}
+    """ns/packet of each run of each program on one frame (see interleaved_frames)."""
+    return interleaved_frames(progs, {"": frame}, repeat, runs)[""]
+
+
+def interleaved_frames(progs: dict[str, int], frames: dict[str, bytes], repeat: int,
+                       runs: int) -> dict[str, dict[str, list[float]]]:
+    """{frame: {program: ns/packet of each run}}, each run timed by this thread's CPU clock around the test
+    run (sub-ns resolution: the kernel reports whole ns per repetition, and the 1.05× target is about
+    1.5 ns here; the CPU clock, unlike the wall clock, stops while other jobs have the core; a syscall's
+    own ~1 µs is 0.001 ns per repetition). Programs and frames are interleaved run by run: drift hits
+    every program alike (paired() takes it out), and a spell of interference from the machine's
+    neighbours, which slows the programs that touch memory more than the empty one, lands in a few runs
+    of every frame (the median drops them) instead of in all runs of one frame."""
+    samples = {f: {p: [] for p in progs} for f in frames}
     for _ in range(runs):
-        for pname, fd in progs.items():
-            t0 = time.thread_time_ns()
-            bpfsys.prog_test_run(fd, frame, repeat=repeat)
-            samples[pname].append((time.thread_time_ns() - t0) / repeat)
+        for fname, frame in frames.items():
+            for pname, fd in progs.items():
+                t0 = time.thread_time_ns()
+                bpfsys.prog_test_run(fd, frame, repeat=repeat)
+                samples[fname][pname].append((time.thread_time_ns() - t0) / repeat)
     return samples
 
 
@@ -208,10 +217,10 @@ def _measure(repeat: int, runs: int, fills: tuple[int, ...], log: Callable[[str]
                 raise RuntimeError(f"prog_cost: {fname!r} did not collide in the slot-taken build")
         live = map_entries(off.maps.counts, ARP_KEY.size, ARP_VAL.size, max_entries)
         log(f"prog_cost: {live} entries in the LRU map ({time.monotonic() - t0:.1f} s to fill)")
-        for fname, frame in FRAMES.items():
-            if fill != min(fills) and fname not in ARP_FRAMES:
-                continue  # non-ARP frames touch no map: the fill cannot matter to them
-            samples = interleaved(progs, frame, repeat, runs)
+        # Non-ARP frames touch no map (and ND has its own): only the ARP frames are measured at every fill.
+        frames = {f: fr for f, fr in FRAMES.items() if fill == min(fills) or f in ARP_FRAMES}
+        every = interleaved_frames(progs, frames, repeat, runs)
+        for fname, samples in every.items():
             cost = costs(samples)
             for pname in progs:
                 # The steady path: where the second and later runs of this frame were counted.
