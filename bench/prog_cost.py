@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
     # Many short runs rather than a few long ones: the median then shrugs off the runs that shared
     # the core (or its SMT sibling) with someone else's job.
     ap.add_argument("--repeat", type=int, default=1_000_000)
-    ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--fills", default=",".join(str(f) for f in FILLS),
                     help="comma-separated numbers of distinct entries in the map (default: %(default)s)")
     ap.add_argument("--no-variants", action="store_true", help="skip the where-the-time-goes variants")
