@@ -35,6 +35,11 @@ class PeerStage:
                      help="`kubectl get nodes -o json` output (a file, or - for stdin): node names for IPs."),
         click.option("--verdict-window", type=click.FloatRange(1, 3600), default=10.0, show_default=True,
                      help="Seconds of ARP evidence per verdict; a verdict needs two windows of evidence."),
+        click.option("--first-hand-check/--no-first-hand-check", default=True, show_default=True,
+                     help="Before a zombie verdict that only other hosts' requests back, have this host's "
+                          "kernel resolve the IP (at most 3 ARP/NS per check, 4 checks per interval), so a "
+                          "live peer answers us. Off: nothing on the wire, but a host on the passive side "
+                          "of a session can call a live peer whose BGP daemon is down a zombie."),
     ]
 
     def __init__(self, book: PeerBook, engine: VerdictEngine) -> None:
@@ -46,7 +51,7 @@ class PeerStage:
     @classmethod
     def from_options(cls, ctx: StageContext, *, bird_sockets: list[str] | tuple[str, ...] | None,
                      peers_file: str | None, k8s_nodes: str | None, verdict_window: float,
-                     min_requests: int = 3) -> PeerStage:
+                     first_hand_check: bool = True, min_requests: int = 3) -> PeerStage:
         """No --bird-socket: Calico's sockets, used only once they exist. Explicit ones must exist (else a
         warning event; the sensor keeps counting). Publishes the verdicts and the peers on `ctx`."""
         interval, hostname = ctx.interval, ctx.hostname
@@ -56,7 +61,7 @@ class PeerStage:
                         timeout=min(0.25, interval / 4), budget=min(0.5, interval / 2), hostname=hostname)
         own = OwnAddresses()
         engine = VerdictEngine(window_s=verdict_window, min_requests=min_requests, hostname=hostname, own=own,
-                               confirm=kernel_resolve)
+                               confirm=kernel_resolve if first_hand_check else None)
         if ctx.unresolved is not None:  # NeighStage (earlier in STAGES) keeps it current
             engine.neigh = ctx.unresolved
         ctx.verdicts, ctx.peers, ctx.own = engine, book, own

@@ -26,6 +26,22 @@ def test_from_options_defaults_to_calico_sockets_only_when_none_given(tmp_path):
     assert st.book.timeout == 0.1 and st.book.budget == 0.2 and st.engine.window_s == 5
 
 
+def test_first_hand_check_is_on_by_default_and_can_be_turned_off():
+    """--no-first-hand-check: the engine gets no resolver, so nothing goes on the wire for a candidate."""
+    from click.testing import CliRunner
+
+    from sensor.cli import cli
+    from sensor.peers.own import kernel_resolve
+
+    ctx = StageContext(interval=1.0, attach="both", hostname="n1", log=print)
+    on = PeerStage.from_options(ctx, bird_sockets=None, peers_file=None, k8s_nodes=None, verdict_window=10)
+    off = PeerStage.from_options(ctx, bird_sockets=None, peers_file=None, k8s_nodes=None, verdict_window=10,
+                                 first_hand_check=False)
+    assert on.engine.confirm is kernel_resolve and off.engine.confirm is None
+    out = CliRunner().invoke(cli, ["run", "--help"]).output
+    assert "--first-hand-check / --no-first-hand-check" in out
+
+
 def test_install_annotate_and_interval_hook(tmp_path):
     sock = str(tmp_path / "bird.ctl")
     srv = FakeBird(sock)
