@@ -337,10 +337,10 @@ def measure_variants(repeat: int, runs: int, fill: int) -> list[dict]:
 
 
 def measure_nonarp(repeat: int, runs: int, ours_fd: int | None = None) -> list[dict]:
-    """Non-ARP IPv4 and IPv6 frames: empty against the least any program must do to tell them apart
-    (IPv4: the ethertype; IPv6: the ethertype, the header's bounds and its next header, which every
-    IPv6 frame must pass before it can be known not to be ND) and against ours, with the kernel's own
-    whole-ns figure beside the CPU clock's."""
+    """Non-ARP IPv4, IPv6 and ICMPv6 frames: empty against the least any program must do to tell them
+    apart (IPv4: the ethertype; IPv6: the ethertype, the header's bounds and its next header, which every
+    IPv6 frame must pass before it can be known not to be ND; ICMPv6: its type too) and against ours,
+    with the kernel's own whole-ns figure beside the CPU clock's."""
     from sensor.kernel.loader import bpf_class
 
     BPF = bpf_class()
@@ -353,7 +353,8 @@ def measure_nonarp(repeat: int, runs: int, ours_fd: int | None = None) -> list[d
         dp = Datapath()
         ours_fd = dp.fn_xdp.fd
     out = []
-    for fname, minimal in (("IPv4 UDP (non-ARP)", "v_ethertype"), ("IPv6 UDP (non-ARP)", "v_ipv6_nexthdr")):
+    for fname, minimal in (("IPv4 UDP (non-ARP)", "v_ethertype"), ("IPv6 UDP (non-ARP)", "v_ipv6_nexthdr"),
+                           ("IPv6 ICMPv6 echo (non-ARP, non-ND)", "v_icmpv6_type")):
         progs = {EMPTY: BPF(src_file=str(EMPTY_XDP).encode()).load_func(b"empty_xdp", BPF.XDP).fd,
                  minimal: b.load_func(minimal.encode(), BPF.XDP).fd, OURS: ours_fd}
         frame = FRAMES[fname]
@@ -364,6 +365,7 @@ def measure_nonarp(repeat: int, runs: int, ours_fd: int | None = None) -> list[d
         info = xlated_info(progs)
         labels = {EMPTY: "empty XDP (floor)", "v_ethertype": "bounds check + ethertype compare only",
                   "v_ipv6_nexthdr": "ethertype + IPv6 header bounds + next header only",
+                  "v_icmpv6_type": "ethertype + IPv6 header + next header + ICMPv6 type only",
                   OURS: "arp-sensor XDP (as shipped)"}
         out += [{"frame": fname, "variant": p, "label": labels[p], "ns": cost[p][0], "kernel_ns": kern[p],
                  "ratio": cost[p][1], "added": paired(samples, p, EMPTY), **info.get(p, {})} for p in progs]

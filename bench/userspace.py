@@ -307,7 +307,7 @@ def render(results: list[dict], mem: list[dict], intervals: int, load: str = "")
         f"`python -m bench.userspace` — the map filled through BPF_PROG_TEST_RUN with distinct (target, "
         "sender) pairs, every entry touched again before each interval so all of them are active. A full "
         "interval, as the runner does it: `MapReader.snapshot()` — the kernel's `BPF_MAP_LOOKUP_BATCH` copy of "
-        "the LRU map (system time, in the kernel), the numpy tables with per-CPU sums, and the fast-path "
+        "the LRU map (system time, in the kernel), the numpy tables, and the fast-path "
         "drain (epoch flip, `membarrier` grace period — a wait, not CPU — one batch read and zeroing of the "
         f"retired half); `Aggregator.update()`; the verdict engine with a {PEERS}-peer book read from a real "
         "BIRD (`VerdictEngine.update`); then `select(top=20)`, the target events with their peer "
@@ -346,8 +346,9 @@ def render(results: list[dict], mem: list[dict], intervals: int, load: str = "")
                   "a loop; share of samples):", "",
                   table(["share", "symbol"], [[f"{p:.1f}%", f"`{sym}`"] for p, sym in prof["perf"]]), "",
                   "`__htab_map_lookup_and_delete_batch` is the kernel walking every bucket of the hash map and "
-                  "copying each entry's per-CPU values: memory-latency bound, proportional to entries × "
-                  "possible CPUs, and untouched by anything user space does. The fast path's array is read in bulk "
+                  "copying each entry's value (one per entry: the LRU maps are not per-CPU): memory-latency "
+                  "bound, proportional to entries, and untouched by anything user space does. The fast path's "
+                  "arrays are read in bulk "
                   "(one batch read of a half, sequential), but it holds a storm's few keys; a scan of 100k "
                   "distinct targets lives in the LRU map, whose walk is this cost."]
     lines += ["", "### Kernel map memory", ""]

@@ -66,6 +66,19 @@ int v_ipv6_nexthdr(struct xdp_md *ctx)
     return ip6[6] == 58 ? XDP_DROP : XDP_PASS;
 }
 
+int v_icmpv6_type(struct xdp_md *ctx)
+{
+    /* The same for an ICMPv6 frame: then its type must be read too (ND is types 135 and 136). */
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+        return XDP_PASS;
+    u8 *ip6 = (u8 *)(eth + 1);
+    if ((void *)(ip6 + 41) > end || ip6[6] != 58)
+        return XDP_PASS;
+    return ip6[40] == 135 || ip6[40] == 136 ? XDP_DROP : XDP_PASS;
+}
+
 int v_parse(struct xdp_md *ctx)
 {
     struct vkey k = {};

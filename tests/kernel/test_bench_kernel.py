@@ -31,10 +31,11 @@ def test_prog_cost_smoke(monkeypatch) -> None:
     variants = prog_cost.measure_variants(repeat=50, runs=1, fill=40)
     assert {v["variant"] for v in variants} >= {"empty XDP", "v_lru", "v_lru_shared", "v_direct"}
     nonarp = prog_cost.measure_nonarp(repeat=50, runs=1)
-    v4, v6 = "IPv4 UDP (non-ARP)", "IPv6 UDP (non-ARP)"
+    v4, v6, icmp = "IPv4 UDP (non-ARP)", "IPv6 UDP (non-ARP)", "IPv6 ICMPv6 echo (non-ARP, non-ND)"
     assert [(r["frame"], r["variant"]) for r in nonarp] == [
         (v4, "empty XDP"), (v4, "v_ethertype"), (v4, prog_cost.OURS),
-        (v6, "empty XDP"), (v6, "v_ipv6_nexthdr"), (v6, prog_cost.OURS)]
+        (v6, "empty XDP"), (v6, "v_ipv6_nexthdr"), (v6, prog_cost.OURS),
+        (icmp, "empty XDP"), (icmp, "v_icmpv6_type"), (icmp, prog_cost.OURS)]
     text = prog_cost.render(rows, variants, 50, 1, 40, nonarp)
     assert "## Per-packet cost" in text and "Where the time goes (ARP request)" in text
     assert "Where the time goes (non-ARP)" in text
