@@ -21,8 +21,6 @@
 #define ARPOP_REQUEST 1
 #define ARPOP_REPLY 2
 #define IPPROTO_ICMPV6_ 58
-#define IPPROTO_TCP_ 6
-#define IPPROTO_UDP_ 17
 #define ND_NEIGHBOUR_SOLICIT 135
 #define ND_NEIGHBOUR_ADVERT 136
 #define ND_OPT_SOURCE_LL 1
@@ -473,8 +471,6 @@ static __always_inline int handle_nd(struct hdr_cursor *nh, void *data_end, stru
 	if ((void *)(ip6 + 1) > data_end) /* cannot be known to be ND */
 		return 0;
 	if (ip6->nexthdr != IPPROTO_ICMPV6_) {
-		if (ip6->nexthdr == IPPROTO_UDP_ || ip6->nexthdr == IPPROTO_TCP_) /* most IPv6: two compares */
-			return 0;
 		if (ipv6_is_ext_hdr(ip6->nexthdr)) {
 			struct health_counters *h = health_get();
 
