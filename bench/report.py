@@ -16,8 +16,8 @@ HEADER = """# Benchmarks
 Every figure is measured on the machine named in its section, as the median of several runs, and
 compared with a baseline measured **in the same run** (ratios, not absolute times, are what carry over
 to other machines). Regenerate everything with `make bench`, or one section with the command it names.
-Benchmarks assert nothing; `make test` runs a smoke version of each (`tests/test_bench_smoke.py`) so
-they cannot rot.
+Benchmarks assert nothing; `make test` runs a smoke version of each (`tests/unit/test_bench_smoke.py`,
+`tests/kernel/test_bench_kernel.py`) so they cannot rot.
 """
 
 
