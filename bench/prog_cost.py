@@ -76,7 +76,7 @@ def prefill(prog_fd: int, start: int, stop: int) -> None:
 
 
 def map_entries(map_fd: int, key_size: int, value_size: int, max_entries: int) -> int:
-    return bpfsys.map_lookup_batch(map_fd, key_size, value_size, max_entries, percpu=True)[2]
+    return bpfsys.map_lookup_batch(map_fd, key_size, value_size, max_entries)[2]  # one value per entry
 
 
 def interleaved(progs: dict[str, int], frame: bytes, repeat: int, runs: int) -> dict[str, list[float]]:
