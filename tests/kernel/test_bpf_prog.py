@@ -293,3 +293,38 @@ def test_fast_path_without_membarrier_reads_each_half_one_interval_late():
         got.append(int(r.read_fast().count.sum()))
     assert got == [0, 3, 0, 5, 0]
     assert r.read_health()["fast_claims"] + r.read_health()["fast_hits"] == 8
+
+
+def test_two_cpus_adding_to_one_lru_entry_at_once_lose_no_count():
+    """The LRU maps hold one value for all CPUs (docs/architecture.md, "Why the LRU maps are not per-CPU"),
+    so two CPUs counting the same key at the same moment must add atomically. With the fast path off every
+    frame goes to the LRU entry; one thread per CPU runs the same frame 300k times, concurrently. A plain
+    `+=` loses thousands of counts this way; the atomic add loses none."""
+    import os
+    import threading
+
+    from sensor.kernel.datapath import Datapath
+    from sensor.kernel.reader import MapReader
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    own = Datapath(max_entries=256, fast_slots=0)
+    reader = MapReader(own.maps, 256)
+    frame = F.arp_request("198.18.9.1", "198.18.9.2")
+    bpfsys.prog_test_run(own.fn_xdp.fd, frame)  # create the entry first: both threads then only add to it
+    n, go = 300_000, threading.Barrier(2)
+
+    def hammer(cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread only: BPF_PROG_TEST_RUN runs on the calling CPU
+        go.wait()
+        bpfsys.prog_test_run(own.fn_xdp.fd, frame, repeat=n)
+
+    threads = [threading.Thread(target=hammer, args=(c,)) for c in cpus]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = [c for k, (c, _f) in reader.read_entries().items() if k[1] == "198.18.9.2"]
+    assert counts == [1 + 2 * n]
+    assert reader.read_health()["request"] == 1 + 2 * n

@@ -186,15 +186,23 @@ def test_file_rotation_with_reopen_loses_and_tears_nothing(tmp_path):
     events = sample_events(1000)
     d = build_outputs([f"file:{f}"])
     done = threading.Event()
+    turned = threading.Condition()
+    rotated: list = []
 
     def writer():
-        for ev in events:
+        for i, ev in enumerate(events):
             d.emit(ev)
+            if i % 100 == 99:
+                # At least one rotation per 100 events however fast this thread is: it once emitted all
+                # 1000 before the loop below had rotated twice. The rotation still races the sink's
+                # writes of the queued events.
+                with turned:
+                    seen = len(rotated)
+                    turned.wait_for(lambda seen=seen: len(rotated) > seen, timeout=10)
         done.set()
 
     t = threading.Thread(target=writer)
     t.start()
-    rotated = []
     n = 0
     while not done.is_set() or n == 0:
         time.sleep(0.005)
@@ -203,14 +211,16 @@ def test_file_rotation_with_reopen_loses_and_tears_nothing(tmp_path):
             continue
         dst = tmp_path / f"events.json.{n}"
         os.rename(f, dst)  # logrotate: move, then signal
-        rotated.append(dst)
+        with turned:
+            rotated.append(dst)
+            turned.notify_all()
         d.reopen()  # what the SIGHUP handler calls
-        if n > 200:
+        if n > 2000:  # 10 s: a writer stuck for good; the asserts below say what went wrong
             break
     t.join()
     d.close(1)
     texts = [p.read_text() for p in rotated] + [f.read_text() if f.exists() else ""]
-    assert len(rotated) >= 2
+    assert len(rotated) >= 10
     for text in texts:
         assert text == "" or text.endswith("\n")  # no torn last line in any file
     got = [e for text in texts for e in parse_events(text)]
