@@ -126,15 +126,18 @@ PRIORITY = ("TARGET IP", "REQ/S", "VERDICT", "BGP PEER", "SENDERS", "STATE", "MA
 WIDE = 200  # wide enough for every column
 
 
-def columns_for(width: int) -> list[tuple[str, int, str]]:
-    min_width = {name: w for name, w, _ in COLUMNS}
+def columns_for(width: int, wider: dict[str, int] | None = None) -> list[tuple[str, int, str]]:
+    """The columns that fit in `width`, by PRIORITY. wider: columns that need more than their minimum for
+    the rows shown (an IPv6 address is up to 39 characters), so they are budgeted at their real width
+    instead of being cut to an ellipsis after the others were chosen."""
+    min_width = {name: max(w, (wider or {}).get(name, 0)) for name, w, _ in COLUMNS}
     chosen, used = set(), 1
     for name in PRIORITY:
         need = min_width[name] + 3  # padding and the border
         if used + need <= width:
             chosen.add(name)
             used += need
-    return [c for c in COLUMNS if c[0] in chosen]
+    return [(name, min_width[name], justify) for name, _w, justify in COLUMNS if name in chosen]
 
 
 def limit_cell(limiter: RateLimitStage | None, ip: str) -> str:
@@ -192,10 +195,12 @@ def render(state: TopState, sort: str, rows: int, title: str, notes: list[str], 
 
     table = Table(title=title, title_justify="left", caption=" · ".join(notes) or None,
                   caption_justify="left", expand=False, pad_edge=False)
-    shown = columns_for(width)
+    top = state.sorted_rows(sort)[:rows]
+    shown = columns_for(width, {"TARGET IP": max((len(r.ip) for r in top), default=0),
+                                "TOP SENDER": max((len(r.top_sender) for r in top), default=0)})
     for name, min_width, justify in shown:
         table.add_column(name, min_width=min_width, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for r in state.sorted_rows(sort)[:rows]:
+    for r in top:
         peer, bgp_state, verdict, limit = info(r.ip) if info is not None else ("", "", "", "")
         cells = {
             "TARGET IP": r.ip, "MAC": mac(r.ip) if mac is not None else "", "REQ/S": f"{r.rate:,.1f}",

@@ -164,6 +164,25 @@ def test_narrow_terminals_drop_columns_instead_of_truncating(width):
     assert all(len(line) <= width for line in text.splitlines())
 
 
+@pytest.mark.parametrize("width", [60, 80, 120, 200, 260])
+def test_ipv6_addresses_are_never_cut(width):
+    """A 39-character IPv6 target and asker: the columns are budgeted at the addresses' real width, so a
+    narrow terminal drops a column rather than cutting an address to an ellipsis."""
+    from rich.console import Console
+
+    from sensor.ui.top import render
+
+    target, asker = "2001:db8:ffff:ffff:ffff:ffff:ffff:fff7", "2001:db8:ffff:ffff:ffff:ffff:ffff:fff1"
+    s = TopState()
+    s.update(iv(tw(target, 80, 5, top=[(asker, 40)])))
+    console = Console(width=width, force_terminal=False, record=True)
+    console.print(render(s, "requests", 5, "t", [], width))
+    text = console.export_text()
+    assert "…" not in text and target in text
+    assert all(len(line) <= width for line in text.splitlines())
+    # TOP SENDER comes last in PRIORITY: at 200 columns the two long addresses leave no room for it, so it
+    # is dropped whole; with room for every column it is shown whole.
+    assert (asker in text) == (width >= 260)
 
 
 def test_ipv6_targets_sit_beside_ipv4_ones():
