@@ -123,7 +123,7 @@ COLUMNS = (  # (header, min width, justify), in display order
 # the detail. Columns that do not fit are left out rather than squeezed into ellipses.
 PRIORITY = ("TARGET IP", "REQ/S", "VERDICT", "BGP PEER", "SENDERS", "STATE", "MAC", "TREND", "LIMIT",
             "REPLIES", "TOP SENDER", "SEEN ON")
-WIDE = 200  # wide enough for every column
+WIDE = 200  # wide enough for every column while the addresses are IPv4
 
 
 def columns_for(width: int, wider: dict[str, int] | None = None) -> list[tuple[str, int, str]]:
