@@ -9,6 +9,7 @@ pytestmark = pytest.mark.usefixtures("docs_untouched")
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~45 s of lab for a bench smoke: `make test` stays under its 15 minutes (it was 14+)
 def test_incident_smoke() -> None:
     from bench import incident
 
