@@ -79,6 +79,9 @@ def map_entries(map_fd: int, key_size: int, value_size: int, max_entries: int) -
     return bpfsys.map_lookup_batch(map_fd, key_size, value_size, max_entries)[2]  # one value per entry
 
 
+EMPTY, EMPTY2 = "empty XDP", "empty XDP, second copy (noise)"  # its row name; EMPTY2: loaded twice, the noise row
+
+
 def interleaved(progs: dict[str, int], frame: bytes, repeat: int, runs: int) -> dict[str, list[float]]:
     """ns/packet of each run of each program on one frame (see interleaved_frames)."""
     return interleaved_frames(progs, {"": frame}, repeat, runs)[""]
@@ -121,7 +124,7 @@ def paired(samples: dict[str, list[float]], a: str, b: str) -> float:
     return median([x - y for x, y in zip(samples[a], samples[b], strict=True)])
 
 
-def costs(samples: dict[str, list[float]], base: str = "empty XDP") -> dict[str, tuple[float, float]]:
+def costs(samples: dict[str, list[float]], base: str = EMPTY) -> dict[str, tuple[float, float]]:
     """{program: (median ns/packet, ratio to base)}; the ratio is 1 + paired difference / base."""
     b = median(samples[base])
     return {p: (median(s), 1 + paired(samples, p, base) / b) for p, s in samples.items()}
@@ -129,7 +132,6 @@ def costs(samples: dict[str, list[float]], base: str = "empty XDP") -> dict[str,
 
 OURS = "arp-sensor XDP"
 OURS_TC_IN, OURS_TC_EG = "arp-sensor tc ingress", "arp-sensor tc egress"
-EMPTY, EMPTY2 = "empty XDP", "empty XDP, second copy (noise)"
 LRU_ONLY = "arp-sensor XDP, fast path off (LRU only)"
 BEFORE = "arp-sensor XDP before issue 15 (per-CPU LRU only)"
 COLLIDING = "arp-sensor XDP, slot taken (collision → LRU)"
@@ -331,7 +333,7 @@ def measure_variants(repeat: int, runs: int, fill: int) -> list[dict]:
     cost = costs(samples)
     ns = {p: c[0] for p, c in cost.items()}
     info = xlated_info(progs)
-    labels = dict(VARIANTS, **{"empty XDP": "empty XDP (floor)"})
+    labels = dict(VARIANTS, **{EMPTY: "empty XDP (floor)"})
     return [{"variant": p, "label": labels[p], "ns": v, "ratio": cost[p][1],
              "added": paired(samples, p, EMPTY), **info.get(p, {})} for p, v in ns.items()]
 
