@@ -24,7 +24,7 @@ import pytest
 
 from tests.support import frames as F
 from tests.support.deployed import manifests
-from tests.support.fixtures_netns import REPO, VethPair, attached_programs, ns_exec, unique
+from tests.support.fixtures_netns import REPO, VethPair, attached_programs, ns_exec, unique, veth_namespaces
 from tests.support.fixtures_schema import parse_events
 
 pytestmark = pytest.mark.slow
@@ -45,26 +45,11 @@ def image() -> str:
 
 @pytest.fixture
 def node() -> Iterator[VethPair]:
-    """Namespace `b` is the node (its NIC named after the ConfigMap's first interface), `a` its peer."""
-    from pyroute2 import NetNS, netns
-
+    """Namespace `b` is the node (its NIC named after the ConfigMap's first interface, NODE_IP), `a` its
+    peer (PEER_IP)."""
     cfg = tomllib.loads(kind("ConfigMap")["data"]["config.toml"])
-    pair = VethPair(unique("asp"), unique("asn"), a_if="peer0", b_if=cfg["interface"][0])
-    try:
-        netns.create(pair.a)
-        netns.create(pair.b)
-        with NetNS(pair.a) as na:
-            na.link("add", ifname=pair.a_if, kind="veth", peer={"ifname": pair.b_if, "net_ns_fd": pair.b})
-            na.link("set", index=na.link_lookup(ifname=pair.a_if)[0], state="up")
-            na.addr("add", index=na.link_lookup(ifname=pair.a_if)[0], address=PEER_IP, prefixlen=24)
-        with NetNS(pair.b) as nb:
-            for ifname in ("lo", pair.b_if):
-                nb.link("set", index=nb.link_lookup(ifname=ifname)[0], state="up")
-            nb.addr("add", index=nb.link_lookup(ifname=pair.b_if)[0], address=NODE_IP, prefixlen=24)
+    with veth_namespaces(VethPair(unique("asp"), unique("asn"), a_if="peer0", b_if=cfg["interface"][0])) as pair:
         yield pair
-    finally:
-        for name in (pair.a, pair.b):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def kind(name: str) -> dict:

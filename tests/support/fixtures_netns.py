@@ -5,6 +5,7 @@ and any program attached to them, even when the test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -72,9 +73,16 @@ def _del_ns(name: str) -> None:
 
 @pytest.fixture
 def veth_pair() -> Iterator[VethPair]:
+    with veth_namespaces(VethPair(unique("asa"), unique("asb"))) as pair:
+        yield pair
+
+
+@contextlib.contextmanager
+def veth_namespaces(pair: VethPair) -> Iterator[VethPair]:
+    """The pair's two namespaces joined by its veth (a: 198.18.0.1/24, b: 198.18.0.2/24, everything up),
+    deleted on the way out whatever happened, with any namespace a test added to pair.extra."""
     from pyroute2 import NetNS, netns
 
-    pair = VethPair(unique("asa"), unique("asb"))
     try:
         netns.create(pair.a)
         netns.create(pair.b)
